@@ -1,0 +1,1 @@
+"""Road Cargo Gateway: the domain core (canonical record, identifiers, rules, services, store)."""

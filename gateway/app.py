@@ -1,0 +1,255 @@
+"""The composition root of the HTTP side: one FastAPI application with every channel mounted on it,
+errors turned into the catalogue's vocabulary at one edge, and health and metrics at the root."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from adapters import http_api
+from gateway import db
+from gateway.context import Gateway
+from gateway.errors import GatewayError, Problem
+from gateway.record import record_json_schema
+
+log = logging.getLogger("roadcargo")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "roadcargo_http_requests",
+            "HTTP requests answered",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "roadcargo_http_request_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            registry=self.registry,
+        )
+        self.consignments = Counter(
+            "roadcargo_consignment_changes",
+            "consignments lodged, amended and cancelled",
+            ["channel", "action"],
+            registry=self.registry,
+        )
+
+
+def _error_response(error: GatewayError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error.as_body(), status_code=error.http_status, headers=headers)
+
+
+class BodyLimit:
+    """Refuse bodies over ``[server] max_body_bytes`` with 413 before the application reads them."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._too_large(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await self._too_large(scope, receive, send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        error = GatewayError.one("TOO_LARGE", f"the request is over the limit of {self.limit} bytes")
+        await _error_response(error, {"Connection": "close"})(scope, receive, send)
+
+
+def create_app(gw: Gateway) -> FastAPI:
+    app = FastAPI(
+        title="Road Cargo Gateway",
+        version="0.1.0",
+        description="Electronic cargo information for road cargo: lodge, amend, cancel; CCRNs.",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.gateway = gw
+    app.state.metrics = metrics = Metrics()
+    app.include_router(http_api.router)
+
+    @app.exception_handler(GatewayError)
+    async def _gateway_error(_request: Request, exc: GatewayError) -> JSONResponse:
+        return _error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            Problem(
+                "INVALID_VALUE",
+                ".".join(str(p) for p in e.get("loc", ())[1:]) or None,
+                e.get("msg", "invalid"),
+            )
+            for e in exc.errors()
+        ]
+        return _error_response(GatewayError(problems or [Problem("INVALID_VALUE", None, "invalid request")]))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "TOO_LARGE"}.get(
+            exc.status_code, "INVALID_VALUE"
+        )
+        return _error_response(GatewayError.one(code, str(exc.detail)))
+
+    @app.exception_handler(OperationalError)
+    async def _db_down(_request: Request, exc: OperationalError) -> JSONResponse:
+        log.warning("database unavailable: %s", exc.orig)
+        error = GatewayError.one("UNAVAILABLE", "the database is unavailable; nothing was accepted, retry")
+        return _error_response(error, {"Retry-After": "5"})
+
+    @app.exception_handler(DBAPIError)
+    async def _db_error(_request: Request, exc: DBAPIError) -> JSONResponse:
+        if "No space left" in str(exc.orig) or "disk is full" in str(exc.orig):
+            return _error_response(
+                GatewayError.one("STORAGE_FULL", "the data directory is full; nothing accepted")
+            )
+        log.exception("database error")
+        return _error_response(
+            GatewayError.one("INTERNAL", "an unexpected database fault; nothing was accepted")
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return _error_response(GatewayError.one("INTERNAL", "an unexpected fault; nothing was accepted"))
+
+    @app.middleware("http")
+    async def _measure(request: Request, call_next: Any) -> Response:
+        started = time.perf_counter()
+        response: Response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.requests.labels(request.method, path, str(response.status_code)).inc()
+        metrics.latency.labels(request.method, path).observe(time.perf_counter() - started)
+        return response
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        def check() -> tuple[bool, str]:
+            try:
+                with gw.engine.connect() as conn:
+                    conn.execute(text("SELECT 1"))
+                if not db.schema_is_current(gw.engine):
+                    return False, "migrations are not current: run roadcargo db upgrade"
+                return True, "ready"
+            except OperationalError as exc:
+                return False, f"database unreachable: {exc.orig}"
+
+        ok, detail = await run_in_threadpool(check)
+        return JSONResponse(
+            {"status": "ready" if ok else "unavailable", "detail": detail}, 200 if ok else 503
+        )
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus() -> PlainTextResponse:
+        return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components["CargoRecord"] = record_json_schema()
+            components["Errors"] = _ERRORS_SCHEMA
+            components["Consignment"] = _CONSIGNMENT_SCHEMA
+            schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+            schema["security"] = [{"bearer": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    app.add_middleware(BodyLimit, limit=gw.config.server.max_body_bytes)
+    return app
+
+
+_ERRORS_SCHEMA = {
+    "type": "object",
+    "required": ["errors"],
+    "properties": {
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {
+                    "code": {"type": "string", "description": "a name from the error catalogue"},
+                    "field": {
+                        "type": ["string", "null"],
+                        "description": "path such as items[2].package_count",
+                    },
+                    "message": {"type": "string"},
+                },
+            },
+        }
+    },
+}
+
+_CONSIGNMENT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "ccrn": {"type": "string", "pattern": "^[0-9]{12}$"},
+        "version": {"type": "integer"},
+        "status": {
+            "type": "string",
+            "enum": ["LODGED", "BUNDLED", "ARRIVED", "CROSSED", "HELD", "DECLARED", "CANCELLED", "EXPIRED"],
+        },
+        "status_version": {"type": "integer"},
+        "filer": {"type": "string"},
+        "submitter_reference": {"type": "string"},
+        "lodged_at": {"type": "string", "format": "date-time"},
+        "amended_at": {"type": "string", "format": "date-time"},
+        "updated_at": {"type": "string", "format": "date-time"},
+        "record": {"$ref": "#/components/schemas/CargoRecord"},
+    },
+}
