@@ -39,7 +39,8 @@ def _gateway(args: argparse.Namespace, migrate: bool = False) -> Gateway:
         db.upgrade(engine)
     elif not db.schema_is_current(engine):
         raise ConfigError(
-            f"the database {_safe(_url(args, config))} is not set up or not current: run 'roadcargo db upgrade'"
+            f"the database {_safe(_url(args, config))} is not set up or not current: "
+            "run 'roadcargo db upgrade'"
         )
     return Gateway(engine, config)
 

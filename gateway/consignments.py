@@ -4,16 +4,17 @@ every channel calls these and nothing else."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Row, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from gateway import tables
 from gateway.clock import HONG_KONG
-from gateway.context import FILER_ROLES, SYSTEM, Actor, Gateway, audit, iso_hk
+from gateway.context import FILER_ROLES, SYSTEM, Actor, Gateway, audit, audit_values, iso_hk
 from gateway.errors import GatewayError
 from gateway.identifiers import new_ccrn, parse_ccrn
 from gateway.parties import require_active
@@ -58,8 +59,9 @@ def _check_window(gw: Gateway, record: CargoRecord) -> None:
         )
 
 
-def _view(conn: Connection, row: Any) -> dict[str, Any]:
-    record = conn.scalar(select(_V.c.record).where(_V.c.ccrn == row.ccrn, _V.c.version == row.version))
+def _view(conn: Connection, row: Any, record: Any = None) -> dict[str, Any]:
+    if record is None:
+        record = _record_at(conn, row.ccrn, row.version)
     return {
         "ccrn": row.ccrn,
         "version": row.version,
@@ -70,58 +72,273 @@ def _view(conn: Connection, row: Any) -> dict[str, Any]:
         "lodged_at": iso_hk(row.lodged_at),
         "amended_at": iso_hk(row.amended_at),
         "updated_at": iso_hk(row.updated_at),
-        "record": json.loads(record) if record else None,
+        "record": record,
+    }
+
+
+def _event_values(gw: Gateway, kind: str, row: Any, status: str, status_version: int) -> dict[str, Any]:
+    return {
+        "at": gw.now(),
+        "type": kind,
+        "ccrn": row.ccrn,
+        "vehicle": None,
+        "status": status,
+        "status_version": status_version,
+        "data": json.dumps({"direction": row.direction, "control_point": row.control_point}),
     }
 
 
 def _event(conn: Connection, gw: Gateway, kind: str, row: Any, status: str, status_version: int) -> None:
-    conn.execute(
-        insert(tables.events).values(
-            at=gw.now(),
-            type=kind,
-            ccrn=row.ccrn,
-            status=status,
-            status_version=status_version,
-            data=json.dumps({"direction": row.direction, "control_point": row.control_point}),
-        )
-    )
+    conn.execute(insert(tables.events).values(_event_values(gw, kind, row, status, status_version)))
 
 
 def _find_live(conn: Connection, filer: str, reference: str) -> Row[Any] | None:
     return conn.execute(select(_C).where(_C.c.filer_id == filer, _C.c.live_reference == reference)).first()
 
 
+@dataclass(frozen=True)
+class Submission:
+    """One business action of a batch, as a channel read it: ``lodge`` and ``amend`` carry a record in
+    its JSON shape, ``amend`` and ``cancel`` the CCRN it concerns."""
+
+    action: str
+    record: Any = None
+    ccrn: Any = None
+
+
 def lodge(gw: Gateway, actor: Actor, data: Any, raw_message_id: int | None = None) -> Outcome:
     """Lodge cargo information and issue a CCRN. Lodging the same reference with the same content again
     returns the existing CCRN (``changed`` False); with other content it is ``DUPLICATE_REFERENCE``."""
+    return _one(gw, actor, Submission("lodge", record=data), raw_message_id)
+
+
+def amend(gw: Gateway, actor: Actor, ccrn: Any, data: Any, raw_message_id: int | None = None) -> Outcome:
+    """A new version when the content changes; an amendment that changes nothing creates nothing."""
+    return _one(gw, actor, Submission("amend", record=data, ccrn=ccrn), raw_message_id)
+
+
+def cancel(gw: Gateway, actor: Actor, ccrn: Any, raw_message_id: int | None = None) -> Outcome:
+    """Cancel from LODGED or BUNDLED. Cancelling a cancelled consignment again changes nothing."""
+    return _one(gw, actor, Submission("cancel", ccrn=ccrn), raw_message_id)
+
+
+def _one(gw: Gateway, actor: Actor, submission: Submission, raw_message_id: int | None) -> Outcome:
+    (result,) = submit(gw, actor, [submission], raw_message_id)
+    if isinstance(result, GatewayError):
+        raise result
+    return result
+
+
+def submit(
+    gw: Gateway, actor: Actor, submissions: Sequence[Submission], raw_message_id: int | None = None
+) -> list[Outcome | GatewayError]:
+    """Carry out a batch in one transaction, each action in a savepoint of its own, so that one refused
+    consignment never stops the others. Returns, in order, each action's outcome or its errors.
+
+    Batch channels (EDIFACT, XML, SFTP) call this with a few hundred actions at a time: one commit per
+    batch is what makes bulk ingest fast, and a crash loses at most the batch not yet committed.
+    """
     _require_filer(actor)
-    record = validate_record(data, gw.config.control_points)
-    _check_window(gw, record)
+    prepared: list[tuple[Submission, CargoRecord | None, str | None] | GatewayError] = []
+    for sub in submissions:
+        try:
+            prepared.append(_prepare(gw, sub))
+        except GatewayError as exc:
+            prepared.append(exc)
+    for attempt in range(3):
+        try:
+            with gw.engine.begin() as conn:
+                results: list[Outcome | GatewayError | None] = [
+                    item if isinstance(item, GatewayError) else None for item in prepared
+                ]
+                lodges = [
+                    (i, item[1])
+                    for i, item in enumerate(prepared)
+                    if not isinstance(item, GatewayError)
+                    and item[0].action == "lodge"
+                    and item[1] is not None
+                ]
+                try:
+                    with conn.begin_nested():
+                        _bulk_lodge(conn, gw, actor, lodges, results, raw_message_id)
+                except IntegrityError:
+                    # A CCRN drawn twice or a reference lodged concurrently: one at a time, with retries.
+                    for i, _record in lodges:
+                        results[i] = None
+                for i, item in enumerate(prepared):
+                    if results[i] is None and not isinstance(item, GatewayError):
+                        results[i] = _apply(conn, gw, actor, *item, raw_message_id)
+                return [r for r in results if r is not None]
+        except DBAPIError as exc:
+            # PostgreSQL may pick this batch as a deadlock victim against another batch: nothing of it
+            # was committed, so it is simply run again.
+            if getattr(exc.orig, "sqlstate", None) not in ("40P01", "40001") or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _bulk_lodge(
+    conn: Connection,
+    gw: Gateway,
+    actor: Actor,
+    lodges: list[tuple[int, CargoRecord]],
+    results: list[Outcome | GatewayError | None],
+    raw_id: int | None,
+) -> None:
+    """Lodge many records with one query for known references and one multi-row insert per table."""
+    if not lodges:
+        return
     assert actor.party_id is not None
+    refs = sorted({record.submitter_reference for _i, record in lodges})
+    existing: dict[str, Any] = {}
+    for start in range(0, len(refs), 500):
+        chunk = refs[start : start + 500]
+        for row in conn.execute(
+            select(_C).where(_C.c.filer_id == actor.party_id, _C.c.live_reference.in_(chunk))
+        ):
+            existing[row.live_reference] = row
+    now = gw.now()
+    fresh: dict[str, tuple[str, dict[str, Any], CargoRecord]] = {}  # reference -> lodged in this batch
+    drawn: set[str] = set()
+    rows: list[dict[str, Any]] = []
+    versions: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    audits: list[dict[str, Any]] = []
+    for i, record in lodges:
+        ref = record.submitter_reference
+        digest = record.content_hash()
+        if ref in existing:
+            row = existing[ref]
+            results[i] = (
+                Outcome(_view(conn, row), changed=False)
+                if row.content_hash == digest
+                else _duplicate_reference(record, row.ccrn)
+            )
+            continue
+        if ref in fresh:
+            ccrn, values, first = fresh[ref]
+            results[i] = (
+                Outcome(_view(conn, _RowView(values), first.data), changed=False)
+                if values["content_hash"] == digest
+                else _duplicate_reference(record, ccrn)
+            )
+            continue
+        start_at, end_at = record.crossing_window()
+        ccrn = new_ccrn()
+        while ccrn in drawn:
+            ccrn = new_ccrn()
+        drawn.add(ccrn)
+        values = {
+            "ccrn": ccrn,
+            "filer_id": actor.party_id,
+            "submitter_reference": ref,
+            "live_reference": ref,
+            "direction": record.direction,
+            "control_point": record.control_point,
+            "status": "LODGED",
+            "status_version": 1,
+            "version": 1,
+            "content_hash": digest,
+            "crossing_from": start_at,
+            "crossing_to": end_at,
+            "lodged_at": now,
+            "amended_at": now,
+            "updated_at": now,
+        }
+        fresh[ref] = (ccrn, values, record)
+        rows.append(values)
+        versions.append(
+            {
+                "ccrn": ccrn,
+                "version": 1,
+                "record": record.canonical_json(),
+                "content_hash": digest,
+                "created_at": now,
+                "channel": actor.channel,
+                "raw_message_id": raw_id,
+            }
+        )
+        row_view = _RowView(values)
+        events.append(_event_values(gw, "LODGED", row_view, "LODGED", 1))
+        audits.append(
+            audit_values(
+                gw, actor, "consignment.lodge", "consignment", ccrn, None, {"version": 1, "status": "LODGED"}
+            )
+        )
+        results[i] = Outcome(_view(conn, row_view, record.data), changed=True)
+    if rows:
+        conn.execute(insert(_C), rows)
+        conn.execute(insert(_V), versions)
+        conn.execute(insert(tables.events), events)
+        conn.execute(insert(tables.audit_log), audits)
+
+
+def _duplicate_reference(record: CargoRecord, ccrn: str) -> GatewayError:
+    return GatewayError.one(
+        "DUPLICATE_REFERENCE",
+        f"reference {record.submitter_reference!r} is already lodged as CCRN {ccrn} "
+        "with other content: amend that consignment, or use a new reference",
+        "submitter_reference",
+    )
+
+
+def _prepare(gw: Gateway, sub: Submission) -> tuple[Submission, CargoRecord | None, str | None]:
+    """Everything that needs no database: the CCRN's check digit first, then the record's rules."""
+    if sub.action not in ("lodge", "amend", "cancel"):
+        raise GatewayError.one("INVALID_VALUE", f"unknown action {sub.action!r}", "action")
+    ccrn = None if sub.action == "lodge" else parse_ccrn(sub.ccrn)
+    record = None if sub.action == "cancel" else validate_record(sub.record, gw.config.control_points)
+    if sub.action == "lodge":
+        assert record is not None
+        _check_window(gw, record)
+    return sub, record, ccrn
+
+
+def _apply(
+    conn: Connection,
+    gw: Gateway,
+    actor: Actor,
+    sub: Submission,
+    record: CargoRecord | None,
+    ccrn: str | None,
+    raw_id: int | None,
+) -> Outcome | GatewayError:
     # A unique key can fail for two reasons: another CCRN drew the same digits, or a concurrent lodge of
     # the same reference committed first. Either way the retry sees the committed state and does right.
     for _attempt in range(10):
         try:
-            with gw.engine.begin() as conn:
-                existing = _find_live(conn, actor.party_id, record.submitter_reference)
-                if existing is not None:
-                    if existing.content_hash == record.content_hash():
-                        return Outcome(_view(conn, existing), changed=False)
-                    raise GatewayError.one(
-                        "DUPLICATE_REFERENCE",
-                        f"reference {record.submitter_reference!r} is already lodged as CCRN {existing.ccrn} "
-                        "with other content: amend that consignment, or use a new reference",
-                        "submitter_reference",
-                    )
-                return Outcome(_insert(conn, gw, actor, record, raw_message_id), changed=True)
+            with conn.begin_nested():
+                if sub.action == "lodge":
+                    assert record is not None
+                    return _lodge_in(conn, gw, actor, record, raw_id)
+                assert ccrn is not None
+                if sub.action == "amend":
+                    assert record is not None
+                    return _amend_in(conn, gw, actor, ccrn, record, raw_id)
+                return _cancel_in(conn, gw, actor, ccrn)
+        except GatewayError as exc:
+            return exc
         except IntegrityError:
+            if sub.action == "amend":
+                assert record is not None
+                return GatewayError.one(
+                    "DUPLICATE_REFERENCE",
+                    f"reference {record.submitter_reference!r} belongs to another live consignment",
+                    "submitter_reference",
+                )
             continue
-    raise GatewayError.one("UNAVAILABLE", "the store is too busy to lodge now; retry")
+    return GatewayError.one("UNAVAILABLE", "the store is too busy to lodge now; retry")
 
 
-def _insert(
+def _lodge_in(
     conn: Connection, gw: Gateway, actor: Actor, record: CargoRecord, raw_id: int | None
-) -> dict[str, Any]:
+) -> Outcome:
+    assert actor.party_id is not None
+    existing = _find_live(conn, actor.party_id, record.submitter_reference)
+    if existing is not None:
+        if existing.content_hash == record.content_hash():
+            return Outcome(_view(conn, existing), changed=False)
+        raise _duplicate_reference(record, existing.ccrn)
     now = gw.now()
     start, end = record.crossing_window()
     ccrn = new_ccrn()
@@ -144,10 +361,20 @@ def _insert(
     }
     conn.execute(insert(_C).values(**values))
     _insert_version(conn, gw, actor, ccrn, 1, record, raw_id)
-    row = conn.execute(select(_C).where(_C.c.ccrn == ccrn)).one()
+    row = _RowView(values)
     _event(conn, gw, "LODGED", row, "LODGED", 1)
     audit(conn, gw, actor, "consignment.lodge", "consignment", ccrn, None, {"version": 1, "status": "LODGED"})
-    return _view(conn, row)
+    return Outcome(_view(conn, row, record.data), changed=True)
+
+
+class _RowView:
+    """Column values as attributes, so a row just written need not be read back."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)
+
+    def __getattr__(self, name: str) -> Any:  # for the type checker: every column is an attribute
+        raise AttributeError(name)
 
 
 def _insert_version(
@@ -219,77 +446,59 @@ def _require_changeable(gw: Gateway, row: Any, action: str) -> None:
         )
 
 
-def amend(gw: Gateway, actor: Actor, ccrn: Any, data: Any, raw_message_id: int | None = None) -> Outcome:
-    """A new version when the content changes; an amendment that changes nothing creates nothing."""
-    _require_filer(actor)
-    ccrn = parse_ccrn(ccrn)
-    record = validate_record(data, gw.config.control_points)
-    with gw.engine.begin() as conn:
-        row = _load_for(conn, actor, ccrn, lock=True)
-        _require_changeable(gw, row, "amended")
-        if row.content_hash == record.content_hash():
-            return Outcome(_view(conn, row), changed=False)
-        _check_window(gw, record)
-        now = gw.now()
-        start, end = record.crossing_window()
-        version = row.version + 1
-        sv = row.status_version + 1
-        try:
-            with conn.begin_nested():
-                conn.execute(
-                    update(_C)
-                    .where(_C.c.ccrn == ccrn)
-                    .values(
-                        submitter_reference=record.submitter_reference,
-                        live_reference=record.submitter_reference,
-                        direction=record.direction,
-                        control_point=record.control_point,
-                        version=version,
-                        status_version=sv,
-                        content_hash=record.content_hash(),
-                        crossing_from=start,
-                        crossing_to=end,
-                        amended_at=now,
-                        updated_at=now,
-                    )
-                )
-        except IntegrityError:
-            raise GatewayError.one(
-                "DUPLICATE_REFERENCE",
-                f"reference {record.submitter_reference!r} belongs to another live consignment",
-                "submitter_reference",
-            ) from None
-        _insert_version(conn, gw, actor, ccrn, version, record, raw_message_id)
-        new = conn.execute(select(_C).where(_C.c.ccrn == ccrn)).one()
-        _event(conn, gw, "AMENDED", new, new.status, sv)
-        audit(
-            conn,
-            gw,
-            actor,
-            "consignment.amend",
-            "consignment",
-            ccrn,
-            {"version": row.version, "record": _record_at(conn, ccrn, row.version)},
-            {"version": version, "record": record.data},
-        )
-        return Outcome(_view(conn, new), changed=True)
+def _amend_in(
+    conn: Connection, gw: Gateway, actor: Actor, ccrn: str, record: CargoRecord, raw_id: int | None
+) -> Outcome:
+    row = _load_for(conn, actor, ccrn, lock=True)
+    _require_changeable(gw, row, "amended")
+    if row.content_hash == record.content_hash():
+        return Outcome(_view(conn, row), changed=False)
+    _check_window(gw, record)
+    now = gw.now()
+    start, end = record.crossing_window()
+    version = row.version + 1
+    sv = row.status_version + 1
+    changes = {
+        "submitter_reference": record.submitter_reference,
+        "live_reference": record.submitter_reference,
+        "direction": record.direction,
+        "control_point": record.control_point,
+        "version": version,
+        "status_version": sv,
+        "content_hash": record.content_hash(),
+        "crossing_from": start,
+        "crossing_to": end,
+        "amended_at": now,
+        "updated_at": now,
+    }
+    conn.execute(update(_C).where(_C.c.ccrn == ccrn).values(**changes))
+    _insert_version(conn, gw, actor, ccrn, version, record, raw_id)
+    new = _RowView({**row._asdict(), **changes})
+    _event(conn, gw, "AMENDED", new, new.status, sv)
+    audit(
+        conn,
+        gw,
+        actor,
+        "consignment.amend",
+        "consignment",
+        ccrn,
+        {"version": row.version, "record": _record_at(conn, ccrn, row.version)},
+        {"version": version, "record": record.data},
+    )
+    return Outcome(_view(conn, new, record.data), changed=True)
+
+
+def _cancel_in(conn: Connection, gw: Gateway, actor: Actor, ccrn: str) -> Outcome:
+    row = _load_for(conn, actor, ccrn, lock=True)
+    if row.status == "CANCELLED":
+        return Outcome(_view(conn, row), changed=False)
+    _require_changeable(gw, row, "cancelled")
+    return Outcome(_view(conn, _set_status(conn, gw, actor, row, "CANCELLED", "CANCELLED")), True)
 
 
 def _record_at(conn: Connection, ccrn: str, version: int) -> Any:
     text = conn.scalar(select(_V.c.record).where(_V.c.ccrn == ccrn, _V.c.version == version))
     return json.loads(text) if text else None
-
-
-def cancel(gw: Gateway, actor: Actor, ccrn: Any) -> Outcome:
-    """Cancel from LODGED or BUNDLED. Cancelling a cancelled consignment again changes nothing."""
-    _require_filer(actor)
-    ccrn = parse_ccrn(ccrn)
-    with gw.engine.begin() as conn:
-        row = _load_for(conn, actor, ccrn, lock=True)
-        if row.status == "CANCELLED":
-            return Outcome(_view(conn, row), changed=False)
-        _require_changeable(gw, row, "cancelled")
-        return Outcome(_view(conn, _set_status(conn, gw, actor, row, "CANCELLED", "CANCELLED")), True)
 
 
 def get(gw: Gateway, actor: Actor, ccrn: Any) -> dict[str, Any]:

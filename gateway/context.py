@@ -58,6 +58,28 @@ def dump(value: Any) -> str | None:
     return None if value is None else json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
 
 
+def audit_values(
+    gw: Gateway,
+    actor: Actor,
+    action: str,
+    entity: str,
+    entity_id: str,
+    before: Any = None,
+    after: Any = None,
+) -> dict[str, Any]:
+    """One audit row: who, when, through which channel, what, before and after."""
+    return {
+        "at": gw.now(),
+        "actor": actor.party_id,
+        "channel": actor.channel,
+        "action": action,
+        "entity": entity,
+        "entity_id": entity_id,
+        "before": dump(before),
+        "after": dump(after),
+    }
+
+
 def audit(
     conn: Connection,
     gw: Gateway,
@@ -69,16 +91,7 @@ def audit(
     after: Any = None,
 ) -> None:
     conn.execute(
-        insert(tables.audit_log).values(
-            at=gw.now(),
-            actor=actor.party_id,
-            channel=actor.channel,
-            action=action,
-            entity=entity,
-            entity_id=entity_id,
-            before=dump(before),
-            after=dump(after),
-        )
+        insert(tables.audit_log).values(audit_values(gw, actor, action, entity, entity_id, before, after))
     )
 
 

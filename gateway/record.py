@@ -40,7 +40,7 @@ class Context:
     control_points: Collection[str]
     problems: list[Problem] = field(default_factory=list)
 
-    def add(self, code: str, path: str, message: str) -> object:
+    def add(self, code: str, path: str | None, message: str) -> object:
         self.problems.append(Problem(code, path, message))
         return _INVALID
 
