@@ -77,9 +77,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "Ctrl-C or SIGTERM stops it",
         flush=True,
     )
-    uvicorn.run(app, host=args.host, port=port, log_level="info", access_log=True)
+    server = _uvicorn_server()(
+        uvicorn.Config(app, host=args.host, port=port, log_level="info", access_log=True)
+    )
+    server.run()
     gw.engine.dispose()
-    return 0
+    return 0 if server.started else 1
+
+
+def _uvicorn_server() -> Any:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn re-raises SIGTERM/SIGINT after a graceful shutdown, so the process dies of the signal;
+        a stop that was asked for and carried out cleanly should exit 0, as service managers expect."""
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()
+
+    return Server
 
 
 def _background(gw: Gateway, stop: threading.Event, every: float = 60.0) -> None:
