@@ -229,3 +229,28 @@ def test_health_ready_metrics_openapi(client, forwarder):
         "schema"
     ]
     assert body == {"$ref": "#/components/schemas/CargoRecord"}
+
+
+def test_database_down_is_503_with_retry_after_not_500(tmp_path):
+    from gateway import db
+    from gateway.context import Gateway
+
+    down = Gateway(db.make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none?connect_timeout=2"))
+    with TestClient(create_app(down), raise_server_exceptions=False) as c:
+        r = c.post("/api/v1/consignments", json=record(), headers={"Authorization": "Bearer rcg_x"})
+        assert r.status_code == 503
+        assert r.json()["errors"][0]["code"] == "UNAVAILABLE"
+        assert r.headers["Retry-After"].isdigit()
+        assert c.get("/readyz").status_code == 503
+        assert c.get("/healthz").status_code == 200
+
+
+def test_amending_to_another_live_reference_is_duplicate_reference(client, forwarder):
+    _actor, auth = forwarder
+    client.post("/api/v1/consignments", json=record(submitter_reference="A"), headers=auth)
+    ccrn_b = client.post("/api/v1/consignments", json=record(submitter_reference="B"), headers=auth).json()[
+        "ccrn"
+    ]
+    r = client.put(f"/api/v1/consignments/{ccrn_b}", json=record(submitter_reference="A"), headers=auth)
+    assert r.status_code == 409 and errors(r) == [("DUPLICATE_REFERENCE", "submitter_reference")]
+    assert client.get(f"/api/v1/consignments/{ccrn_b}", headers=auth).json()["submitter_reference"] == "B"
