@@ -61,15 +61,20 @@ def upgrade(engine: Engine) -> None:
     command.upgrade(_alembic_config(engine), "heads")
 
 
-def head_revision() -> str | None:
+def head_revisions() -> set[str]:
     script = ScriptDirectory.from_config(_alembic_config(create_engine("sqlite://")))
-    return script.get_current_head()
+    return set(script.get_heads())
 
 
-def current_revision(engine: Engine) -> str | None:
+def current_revisions(engine: Engine) -> set[str]:
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        return set(MigrationContext.configure(conn).get_current_heads())
+
+
+def current_revision(engine: Engine) -> str:
+    """The schema's revision(s), for people to read."""
+    return ", ".join(sorted(current_revisions(engine))) or "none"
 
 
 def schema_is_current(engine: Engine) -> bool:
-    return current_revision(engine) == head_revision()
+    return current_revisions(engine) == head_revisions()
