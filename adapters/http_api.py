@@ -10,9 +10,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from gateway import consignments, parties
+from gateway import bundles, consignments, parties
 from gateway.context import Actor, Gateway, store_raw
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, Problem
 
 router = APIRouter(prefix="/api/v1")
 
@@ -62,6 +62,14 @@ async def _json_body(request: Request, actor: Actor) -> tuple[Any, int]:
         raise GatewayError.one(
             "MALFORMED", f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
+
+
+async def _json_body_optional(request: Request, actor: Actor) -> int:
+    """Requests without a body that still change data (DELETE) are kept too, for the record."""
+    body = await request.body()
+    return await run_in_threadpool(
+        store_raw, _gateway(request), actor, request.headers.get("content-type"), body
+    )
 
 
 def _metric(request: Request, action: str) -> None:
@@ -144,10 +152,8 @@ async def amend(request: Request, ccrn: str) -> JSONResponse:
 )
 async def cancel(request: Request, ccrn: str) -> JSONResponse:
     actor = await _actor(request)
-    await run_in_threadpool(
-        store_raw, _gateway(request), actor, request.headers.get("content-type"), await request.body()
-    )
-    outcome = await run_in_threadpool(consignments.cancel, _gateway(request), actor, ccrn)
+    raw_id = await _json_body_optional(request, actor)
+    outcome = await run_in_threadpool(consignments.cancel, _gateway(request), actor, ccrn, raw_id)
     if outcome.changed:
         _metric(request, "cancel")
     return JSONResponse(outcome.view)
@@ -233,3 +239,70 @@ async def revoke_key(request: Request, party_id: str, key_id: int) -> Response:
     actor = await _actor(request)
     await run_in_threadpool(parties.revoke_key, _gateway(request), actor, party_id, key_id)
     return Response(status_code=204)
+
+
+# -- bundles (drivers; service providers on a driver's behalf) -------------------------------------
+
+_BUNDLE_FIELDS = {"vehicle", "control_point", "ccrns", "driver", "expected_arrival"}
+
+
+def _object(data: Any, allowed: set[str]) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise GatewayError.one("INVALID_VALUE", "send a JSON object")
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise GatewayError([Problem("INVALID_VALUE", key, f"unknown field {key!r}") for key in unknown])
+    return data
+
+
+@router.post("/bundles", status_code=201, summary="Bundle CCRNs with a vehicle", responses=_ERROR_RESPONSES)
+async def create_bundle(request: Request) -> JSONResponse:
+    actor = await _actor(request)
+    data, _raw = await _json_body(request, actor)
+    body = _object(data, _BUNDLE_FIELDS)
+    view = await run_in_threadpool(
+        lambda: bundles.bundle(
+            _gateway(request),
+            actor,
+            body.get("vehicle"),
+            body.get("control_point"),
+            body.get("ccrns"),
+            driver=body.get("driver"),
+            expected_arrival=body.get("expected_arrival"),
+        )
+    )
+    return JSONResponse(view, status_code=201)
+
+
+@router.get("/bundles/{bundle_id}", summary="A bundle", responses=_ERROR_RESPONSES)
+async def get_bundle(request: Request, bundle_id: str) -> JSONResponse:
+    actor = await _actor(request)
+    return JSONResponse(await run_in_threadpool(bundles.get, _gateway(request), actor, bundle_id))
+
+
+@router.delete("/bundles/{bundle_id}", summary="Unbundle", responses=_ERROR_RESPONSES)
+async def delete_bundle(request: Request, bundle_id: str) -> JSONResponse:
+    actor = await _actor(request)
+    await _json_body_optional(request, actor)
+    return JSONResponse(await run_in_threadpool(bundles.unbundle, _gateway(request), actor, bundle_id))
+
+
+@router.post("/bundles/{bundle_id}/ccrns", summary="Add CCRNs to a live bundle", responses=_ERROR_RESPONSES)
+async def add_to_bundle(request: Request, bundle_id: str) -> JSONResponse:
+    actor = await _actor(request)
+    data, _raw = await _json_body(request, actor)
+    body = _object(data, {"ccrns"})
+    return JSONResponse(
+        await run_in_threadpool(bundles.add_ccrns, _gateway(request), actor, bundle_id, body.get("ccrns"))
+    )
+
+
+@router.delete(
+    "/bundles/{bundle_id}/ccrns/{ccrn}", summary="Take a CCRN off a bundle", responses=_ERROR_RESPONSES
+)
+async def remove_from_bundle(request: Request, bundle_id: str, ccrn: str) -> JSONResponse:
+    actor = await _actor(request)
+    await _json_body_optional(request, actor)
+    return JSONResponse(
+        await run_in_threadpool(bundles.remove_ccrn, _gateway(request), actor, bundle_id, ccrn)
+    )

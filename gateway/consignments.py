@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from gateway import tables
+from gateway import bundles, tables
 from gateway.clock import HONG_KONG
 from gateway.context import FILER_ROLES, SYSTEM, Actor, Gateway, audit, audit_values, iso_hk
 from gateway.errors import GatewayError
@@ -72,6 +72,7 @@ def _view(conn: Connection, row: Any, record: Any = None) -> dict[str, Any]:
         "lodged_at": iso_hk(row.lodged_at),
         "amended_at": iso_hk(row.amended_at),
         "updated_at": iso_hk(row.updated_at),
+        "bundle": bundles.summary_for_filer(conn, row.bundle_id) if row.bundle_id else None,
         "record": record,
     }
 
@@ -244,6 +245,7 @@ def _bulk_lodge(
             "lodged_at": now,
             "amended_at": now,
             "updated_at": now,
+            "bundle_id": None,
         }
         fresh[ref] = (ccrn, values, record)
         rows.append(values)
@@ -358,6 +360,7 @@ def _lodge_in(
         "lodged_at": now,
         "amended_at": now,
         "updated_at": now,
+        "bundle_id": None,
     }
     conn.execute(insert(_C).values(**values))
     _insert_version(conn, gw, actor, ccrn, 1, record, raw_id)
@@ -412,7 +415,8 @@ def _load_for(conn: Connection, actor: Actor, ccrn_text: Any, lock: bool = False
     return row
 
 
-def _expiry_due(gw: Gateway, row: Any) -> bool:
+def expiry_due(gw: Gateway, row: Any) -> bool:
+    """Not crossed ``consignment_expiry_days`` after the end of its expected crossing."""
     limit = row.crossing_to + timedelta(days=gw.config.rules.consignment_expiry_days)
     return bool(row.status in LIVE and gw.now() >= limit)
 
@@ -422,6 +426,7 @@ def _set_status(conn: Connection, gw: Gateway, actor: Actor, row: Any, status: s
     values: dict[str, Any] = {"status": status, "status_version": sv, "updated_at": gw.now()}
     if status in ("CANCELLED", "EXPIRED"):
         values["live_reference"] = None  # the reference may be used again
+        bundles.on_leaving(conn, gw, actor, row)
     conn.execute(update(_C).where(_C.c.ccrn == row.ccrn).values(**values))
     _event(conn, gw, event, row, status, sv)
     audit(
@@ -438,7 +443,7 @@ def _set_status(conn: Connection, gw: Gateway, actor: Actor, row: Any, status: s
 
 
 def _require_changeable(gw: Gateway, row: Any, action: str) -> None:
-    if row.status == "EXPIRED" or _expiry_due(gw, row):
+    if row.status == "EXPIRED" or expiry_due(gw, row):
         raise GatewayError.one("EXPIRED", f"consignment {row.ccrn} has expired: lodge it again", "ccrn")
     if row.status not in LIVE:
         raise GatewayError.one(
@@ -454,6 +459,7 @@ def _amend_in(
     if row.content_hash == record.content_hash():
         return Outcome(_view(conn, row), changed=False)
     _check_window(gw, record)
+    bundles.on_amended(conn, gw, row, record)
     now = gw.now()
     start, end = record.crossing_window()
     version = row.version + 1
@@ -505,7 +511,7 @@ def get(gw: Gateway, actor: Actor, ccrn: Any) -> dict[str, Any]:
     ccrn = parse_ccrn(ccrn)
     with gw.engine.begin() as conn:
         row = _load_for(conn, actor, ccrn)
-        if _expiry_due(gw, row):
+        if expiry_due(gw, row):
             row = _set_status(conn, gw, SYSTEM, row, "EXPIRED", "EXPIRED")
         return _view(conn, row)
 

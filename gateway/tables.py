@@ -120,6 +120,7 @@ consignments = Table(
     Column("lodged_at", UtcDateTime, nullable=False),
     Column("amended_at", UtcDateTime, nullable=False),  # the latest content-changing version
     Column("updated_at", UtcDateTime, nullable=False),
+    Column("bundle_id", String(12), index=True),  # the live bundle carrying it (bundling, 0004)
     UniqueConstraint("filer_id", "live_reference", name="uq_consignments_live_reference"),
     Index("ix_consignments_status_crossing_to", "status", "crossing_to"),
     Index("ix_consignments_filer_id_lodged_at", "filer_id", "lodged_at"),
@@ -170,4 +171,46 @@ settings = Table(
     metadata,
     Column("name", String(40), primary_key=True),
     Column("value", Text, nullable=False),
+)
+
+
+# Bundling (migration 0004_bundles) -------------------------------------------------------------------
+
+bundles = Table(
+    "bundles",
+    metadata,
+    Column("bundle_id", String(12), primary_key=True),
+    Column("vehicle", String(8), nullable=False),
+    # The vehicle while the bundle is live, NULL afterwards: at most one live bundle per vehicle.
+    Column("live_vehicle", String(8), unique=True),
+    Column("control_point", String(5), nullable=False),
+    Column("direction", String(6), nullable=False),
+    Column("driver_id", String(8), ForeignKey("parties.party_id"), nullable=False),
+    Column("created_by", String(8), ForeignKey("parties.party_id"), nullable=False),
+    Column("status", String(12), nullable=False),  # LIVE, UNBUNDLED (later: ARRIVED, CROSSED)
+    Column("expected_arrival", UtcDateTime),
+    Column("earliest_crossing", UtcDateTime, nullable=False),
+    Column("slot_start", UtcDateTime, nullable=False),
+    Column("slot_end", UtcDateTime, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Index("ix_bundles_vehicle_created_at", "vehicle", "created_at"),
+)
+
+bundle_items = Table(
+    "bundle_items",
+    metadata,
+    Column("bundle_id", String(12), ForeignKey("bundles.bundle_id"), primary_key=True),
+    Column("ccrn", String(12), ForeignKey("consignments.ccrn"), primary_key=True),
+    Column("position", Integer, nullable=False),  # the order the driver gave
+    Column("added_at", UtcDateTime, nullable=False),
+    Column("removed_at", UtcDateTime),
+)
+
+slot_bookings = Table(
+    "slot_bookings",
+    metadata,
+    Column("control_point", String(5), primary_key=True),
+    Column("slot_start", UtcDateTime, primary_key=True),
+    Column("booked", Integer, nullable=False),
 )

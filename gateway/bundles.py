@@ -1,0 +1,525 @@
+"""Bundling (design sections 4 and 5): a driver links the CCRNs handed over by shippers with the
+vehicle's registration number and a control point, and is given the earliest permitted crossing and
+a slot.
+
+Rules: every CCRN exists, checks, is live and in no other live bundle; the vehicle has no other live
+bundle; one direction and one control point per bundle (a consignment's own control point must match);
+the earliest permitted crossing is ``bundle_lead_minutes`` after bundling and after the latest
+content-changing amendment of any bundled consignment. A failed bundle changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Row, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from gateway import slots, tables
+from gateway.context import Actor, Gateway, audit, iso_hk
+from gateway.errors import GatewayError, Problem
+from gateway.identifiers import ccrn_problem, normalise_vrn, vrn_problem
+from gateway.parties import require_active
+from gateway.record import Crossing
+
+MAX_CCRNS = 99  # a truck's worth; more is a mistake, not a load
+_B = tables.bundles
+_I = tables.bundle_items
+_C = tables.consignments
+BUNDLERS = frozenset({"driver", "service_provider"})
+
+
+def _new_bundle_id() -> str:
+    return "B" + "".join(secrets.choice("0123456789") for _ in range(10))
+
+
+def _parse_ccrns(value: Any, problems: list[Problem], field: str = "ccrns") -> list[str]:
+    if not isinstance(value, list) or not value:
+        problems.append(Problem("MISSING_FIELD", field, "give one or more CCRNs"))
+        return []
+    if len(value) > MAX_CCRNS:
+        problems.append(
+            Problem("INVALID_VALUE", field, f"{len(value)} CCRNs; at most {MAX_CCRNS} in one bundle")
+        )
+        return []
+    out: list[str] = []
+    for i, raw in enumerate(value):
+        ccrn, problem = ccrn_problem(raw, f"{field}[{i}]")
+        if problem:
+            problems.append(problem)
+        elif ccrn in out:
+            problems.append(Problem("INVALID_VALUE", f"{field}[{i}]", f"CCRN {ccrn} is listed twice"))
+        elif ccrn is not None:
+            out.append(ccrn)
+    return out
+
+
+def _check_bundler(actor: Actor, driver: Any, problems: list[Problem]) -> str | None:
+    """The driver of record: the caller if a driver, else the party a service provider names."""
+    if actor.role not in BUNDLERS:
+        raise GatewayError.one(
+            "FORBIDDEN", f"a {actor.role} may not bundle; drivers and service providers do"
+        )
+    require_active(actor)
+    if actor.role == "driver":
+        if driver not in (None, actor.party_id):
+            problems.append(Problem("FORBIDDEN", "driver", "a driver bundles as itself"))
+        return actor.party_id
+    if not isinstance(driver, str) or not driver.strip():
+        problems.append(
+            Problem("MISSING_FIELD", "driver", "a service provider names the driver (a party id)")
+        )
+        return None
+    return driver.strip()
+
+
+def _load_driver(conn: Connection, driver_id: str) -> None:
+    row = conn.execute(
+        select(tables.parties.c.role, tables.parties.c.status).where(tables.parties.c.party_id == driver_id)
+    ).first()
+    if row is None or row.role != "driver":
+        raise GatewayError.one("NOT_FOUND", f"no driver {driver_id}", "driver")
+    if row.status != "ACTIVE":
+        raise GatewayError.one("FORBIDDEN", f"driver {driver_id} is suspended", "driver")
+
+
+def _lock_consignments(conn: Connection, ccrns: Sequence[str]) -> dict[str, Row[Any]]:
+    # Rows are locked in CCRN order, so two bundlers with overlapping lists never deadlock; the second
+    # waits for the first and then sees the CCRN bundled.
+    rows = conn.execute(select(_C).where(_C.c.ccrn.in_(sorted(ccrns))).order_by(_C.c.ccrn).with_for_update())
+    return {r.ccrn: r for r in rows}
+
+
+def _check_consignments(
+    gw: Gateway,
+    rows: dict[str, Row[Any]],
+    ccrns: Sequence[str],
+    direction: str | None,
+    control_point: str,
+    problems: list[Problem],
+    field: str = "ccrns",
+    bundle_id: str | None = None,
+) -> str | None:
+    """Each CCRN must be live, unbundled (or in ``bundle_id``), of one direction and control point."""
+    from gateway.consignments import expiry_due  # the lifecycle's own rule
+
+    for i, ccrn in enumerate(ccrns):
+        where = f"{field}[{i}]"
+        row = rows.get(ccrn)
+        if row is None:
+            problems.append(Problem("NOT_FOUND", where, f"no consignment {ccrn}"))
+            continue
+        if row.status == "EXPIRED" or expiry_due(gw, row):
+            problems.append(Problem("EXPIRED", where, f"consignment {ccrn} has expired"))
+        elif row.status == "BUNDLED" and row.bundle_id != bundle_id:
+            problems.append(
+                Problem("ALREADY_BUNDLED", where, f"consignment {ccrn} is in another live bundle")
+            )
+        elif row.status not in ("LODGED", "BUNDLED"):
+            problems.append(Problem("INVALID_STATE", where, f"consignment {ccrn} is {row.status}"))
+        if direction is None:
+            direction = row.direction
+        elif row.direction != direction:
+            problems.append(
+                Problem(
+                    "BUNDLE_MISMATCH",
+                    where,
+                    f"consignment {ccrn} is {row.direction}; this bundle is {direction}",
+                )
+            )
+        if row.control_point not in (None, control_point):
+            problems.append(
+                Problem(
+                    "BUNDLE_MISMATCH",
+                    where,
+                    f"consignment {ccrn} crosses at {row.control_point}, not {control_point}",
+                )
+            )
+    return direction
+
+
+def _earliest(gw: Gateway, conn: Connection, ccrns: Sequence[str], since: datetime) -> datetime:
+    latest = since
+    for amended in conn.scalars(select(_C.c.amended_at).where(_C.c.ccrn.in_(ccrns))):
+        latest = max(latest, amended)
+    return latest + timedelta(minutes=gw.config.rules.bundle_lead_minutes)
+
+
+def _attach(conn: Connection, gw: Gateway, actor: Actor, bundle: Any, ccrns: Sequence[str]) -> None:
+    now = gw.now()
+    first = conn.scalar(
+        select(func.coalesce(func.max(_I.c.position), 0)).where(_I.c.bundle_id == bundle.bundle_id)
+    )
+    for position, ccrn in enumerate(ccrns, start=int(first or 0) + 1):
+        moved = conn.execute(
+            update(_C)
+            .where(_C.c.ccrn == ccrn, _C.c.status == "LODGED", _C.c.bundle_id.is_(None))
+            .values(
+                status="BUNDLED",
+                bundle_id=bundle.bundle_id,
+                status_version=_C.c.status_version + 1,
+                updated_at=now,
+            )
+        ).rowcount
+        if not moved:  # pragma: no cover - the row lock above makes this unreachable; kept as a guard
+            raise GatewayError.one("ALREADY_BUNDLED", f"consignment {ccrn} was bundled meanwhile", "ccrns")
+        item = {"position": position, "added_at": now, "removed_at": None}
+        back = conn.execute(  # taken off this bundle earlier and put back on
+            update(_I).where(_I.c.bundle_id == bundle.bundle_id, _I.c.ccrn == ccrn).values(**item)
+        ).rowcount
+        if not back:
+            conn.execute(insert(_I).values(bundle_id=bundle.bundle_id, ccrn=ccrn, **item))
+        _status_event(conn, gw, "BUNDLED", ccrn, bundle)
+        audit(
+            conn,
+            gw,
+            actor,
+            "consignment.bundle",
+            "consignment",
+            ccrn,
+            {"status": "LODGED"},
+            {"status": "BUNDLED", "bundle_id": bundle.bundle_id, "vehicle": bundle.vehicle},
+        )
+
+
+def _status_event(conn: Connection, gw: Gateway, kind: str, ccrn: str, bundle: Any) -> None:
+    row = conn.execute(select(_C.c.status, _C.c.status_version).where(_C.c.ccrn == ccrn)).one()
+    conn.execute(
+        insert(tables.events).values(
+            at=gw.now(),
+            type=kind,
+            ccrn=ccrn,
+            vehicle=bundle.vehicle,
+            status=row.status,
+            status_version=row.status_version,
+            data=json.dumps(
+                {
+                    "bundle_id": bundle.bundle_id,
+                    "control_point": bundle.control_point,
+                    "driver": bundle.driver_id,
+                    "slot_start": iso_hk(bundle.slot_start),
+                }
+            ),
+        )
+    )
+
+
+def bundle(
+    gw: Gateway,
+    actor: Actor,
+    vehicle: Any,
+    control_point: Any,
+    ccrns: Any,
+    *,
+    driver: Any = None,
+    expected_arrival: Any = None,
+) -> dict[str, Any]:
+    """Bundle CCRNs with a vehicle; returns the bundle with its earliest crossing and slot."""
+    problems: list[Problem] = []
+    driver_id = _check_bundler(actor, driver, problems)
+    if not isinstance(vehicle, str) or vrn_problem(vehicle):
+        problems.append(
+            Problem("INVALID_VALUE", "vehicle", vrn_problem(str(vehicle or "")) or "a VRN is required")
+        )
+    if control_point not in gw.config.control_points:
+        problems.append(
+            Problem(
+                "INVALID_CODE",
+                "control_point",
+                f"{control_point!r} is not a land control point: {', '.join(gw.config.control_points)}",
+            )
+        )
+    arrival = _parse_arrival(gw, expected_arrival, problems)
+    wanted = _parse_ccrns(ccrns, problems)
+    if problems:
+        raise GatewayError(problems)
+    assert driver_id is not None and isinstance(vehicle, str) and isinstance(control_point, str)
+    vrn = normalise_vrn(vehicle)
+    cp = gw.config.control_points[control_point]
+    for _attempt in range(5):
+        bundle_id = _new_bundle_id()
+        with gw.engine.begin() as conn:
+            if actor.role != "driver":
+                _load_driver(conn, driver_id)
+            rows = _lock_consignments(conn, wanted)
+            direction = _check_consignments(gw, rows, wanted, None, control_point, problems)
+            if problems:
+                raise GatewayError(problems)
+            now = gw.now()
+            earliest = _earliest(gw, conn, wanted, now)
+            slot_start, slot_end = slots.book(conn, control_point, cp, max(earliest, arrival or earliest))
+            values = {
+                "bundle_id": bundle_id,
+                "vehicle": vrn,
+                "live_vehicle": vrn,
+                "control_point": control_point,
+                "direction": direction,
+                "driver_id": driver_id,
+                "created_by": actor.party_id,
+                "status": "LIVE",
+                "expected_arrival": arrival,
+                "earliest_crossing": earliest,
+                "slot_start": slot_start,
+                "slot_end": slot_end,
+                "created_at": now,
+                "updated_at": now,
+            }
+            try:
+                with conn.begin_nested():
+                    conn.execute(insert(_B).values(**values))
+            except IntegrityError:
+                if _live_bundle_of(conn, vrn) is not None:
+                    raise GatewayError.one(
+                        "ALREADY_BUNDLED",
+                        f"vehicle {vrn} already has a live bundle: unbundle it first",
+                        "vehicle",
+                    ) from None
+                continue  # the bundle id was drawn twice
+            row = conn.execute(select(_B).where(_B.c.bundle_id == bundle_id)).one()
+            _attach(conn, gw, actor, row, wanted)
+            audit(conn, gw, actor, "bundle.create", "bundle", bundle_id, None, _jsonable(values))
+            return _view(conn, row)
+    raise GatewayError.one("UNAVAILABLE", "could not create the bundle now; retry")
+
+
+def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: iso_hk(v) if isinstance(v, datetime) else v for k, v in values.items()}
+
+
+def _parse_arrival(gw: Gateway, value: Any, problems: list[Problem]) -> datetime | None:
+    if value is None:
+        return None
+    from gateway.record import Context
+
+    ctx = Context(())
+    text = Crossing().check(value, "expected_arrival", ctx)
+    if ctx.problems:
+        problems.extend(ctx.problems)
+        return None
+    if len(text) == 10:
+        problems.append(
+            Problem("INVALID_VALUE", "expected_arrival", "give a date-time with offset, not a date")
+        )
+        return None
+    moment = datetime.fromisoformat(text)
+    horizon = gw.config.rules.lodgement_window_days
+    if moment > gw.now() + timedelta(days=horizon):
+        problems.append(Problem("INVALID_VALUE", "expected_arrival", f"more than {horizon} days ahead"))
+        return None
+    return moment
+
+
+def _live_bundle_of(conn: Connection, vrn: str) -> Row[Any] | None:
+    return conn.execute(select(_B).where(_B.c.live_vehicle == vrn)).first()
+
+
+def _members(conn: Connection, bundle_id: str) -> list[str]:
+    return list(
+        conn.scalars(
+            select(_I.c.ccrn)
+            .where(_I.c.bundle_id == bundle_id, _I.c.removed_at.is_(None))
+            .order_by(_I.c.position)
+        )
+    )
+
+
+def _view(conn: Connection, row: Any) -> dict[str, Any]:
+    return {
+        "bundle_id": row.bundle_id,
+        "vehicle": row.vehicle,
+        "driver": row.driver_id,
+        "control_point": row.control_point,
+        "direction": row.direction,
+        "status": row.status,
+        "ccrns": _members(conn, row.bundle_id),
+        "earliest_crossing": iso_hk(row.earliest_crossing),
+        "slot": {"start": iso_hk(row.slot_start), "end": iso_hk(row.slot_end)},
+        "expected_arrival": iso_hk(row.expected_arrival),
+        "created_at": iso_hk(row.created_at),
+    }
+
+
+def summary_for_filer(conn: Connection, bundle_id: str) -> dict[str, Any] | None:
+    """What a filer sees of the bundle carrying its consignment: which vehicle, where and when."""
+    row = conn.execute(select(_B).where(_B.c.bundle_id == bundle_id)).first()
+    if row is None:
+        return None
+    return {
+        "bundle_id": row.bundle_id,
+        "vehicle": row.vehicle,
+        "control_point": row.control_point,
+        "earliest_crossing": iso_hk(row.earliest_crossing),
+        "slot": {"start": iso_hk(row.slot_start), "end": iso_hk(row.slot_end)},
+    }
+
+
+def _load_for(conn: Connection, actor: Actor, bundle_id: str, lock: bool = False) -> Row[Any]:
+    """A bundle its driver, its maker and officers may see; to anyone else it does not exist."""
+    query = select(_B).where(_B.c.bundle_id == str(bundle_id))
+    row = conn.execute(query.with_for_update() if lock else query).first()
+    if row is None or not (actor.is_officer or actor.party_id in (row.driver_id, row.created_by)):
+        raise GatewayError.one("NOT_FOUND", f"no bundle {bundle_id}", "bundle_id")
+    return row
+
+
+def get(gw: Gateway, actor: Actor, bundle_id: str) -> dict[str, Any]:
+    with gw.engine.connect() as conn:
+        return _view(conn, _load_for(conn, actor, bundle_id))
+
+
+def _require_live(row: Any) -> None:
+    if row.status != "LIVE":
+        raise GatewayError.one("INVALID_STATE", f"bundle {row.bundle_id} is {row.status}", "bundle_id")
+
+
+def _detach(
+    conn: Connection, gw: Gateway, actor: Actor, bundle: Any, ccrn: str, to_status: str | None
+) -> None:
+    """Take a consignment out of its bundle; back to LODGED unless the caller moves it elsewhere."""
+    now = gw.now()
+    conn.execute(
+        update(_I).where(_I.c.bundle_id == bundle.bundle_id, _I.c.ccrn == ccrn).values(removed_at=now)
+    )
+    values: dict[str, Any] = {"bundle_id": None, "updated_at": now}
+    if to_status:
+        values.update(status=to_status, status_version=_C.c.status_version + 1)
+    conn.execute(update(_C).where(_C.c.ccrn == ccrn).values(**values))
+    if to_status:
+        _status_event(conn, gw, "UNBUNDLED", ccrn, bundle)
+        audit(
+            conn,
+            gw,
+            actor,
+            "consignment.unbundle",
+            "consignment",
+            ccrn,
+            {"status": "BUNDLED"},
+            {"status": to_status},
+        )
+
+
+def _close(conn: Connection, gw: Gateway, actor: Actor, bundle: Any) -> None:
+    conn.execute(
+        update(_B)
+        .where(_B.c.bundle_id == bundle.bundle_id)
+        .values(status="UNBUNDLED", live_vehicle=None, updated_at=gw.now())
+    )
+    slots.release(conn, bundle.control_point, bundle.slot_start)
+    audit(
+        conn,
+        gw,
+        actor,
+        "bundle.unbundle",
+        "bundle",
+        bundle.bundle_id,
+        {"status": "LIVE"},
+        {"status": "UNBUNDLED"},
+    )
+
+
+def unbundle(gw: Gateway, actor: Actor, bundle_id: str) -> dict[str, Any]:
+    """Dissolve a live bundle: its consignments go back to LODGED, its slot and vehicle are free."""
+    with gw.engine.begin() as conn:
+        row = _load_for(conn, actor, bundle_id, lock=True)
+        _require_live(row)
+        for ccrn in _members(conn, row.bundle_id):
+            _detach(conn, gw, actor, row, ccrn, "LODGED")
+        _close(conn, gw, actor, row)
+        return _view(conn, conn.execute(select(_B).where(_B.c.bundle_id == row.bundle_id)).one())
+
+
+def add_ccrns(gw: Gateway, actor: Actor, bundle_id: str, ccrns: Any) -> dict[str, Any]:
+    """Add consignments to a live bundle; adding is bundling, so the lead time starts again for it."""
+    problems: list[Problem] = []
+    _check_bundler(actor, None if actor.role != "driver" else actor.party_id, problems)
+    wanted = _parse_ccrns(ccrns, problems)
+    if problems:
+        raise GatewayError(problems)
+    with gw.engine.begin() as conn:
+        row = _load_for(conn, actor, bundle_id, lock=True)
+        _require_live(row)
+        present = _members(conn, row.bundle_id)
+        new = [c for c in wanted if c not in present]
+        if len(present) + len(new) > MAX_CCRNS:
+            raise GatewayError.one("INVALID_VALUE", f"at most {MAX_CCRNS} CCRNs in one bundle", "ccrns")
+        rows = _lock_consignments(conn, new)
+        _check_consignments(gw, rows, new, row.direction, row.control_point, problems)
+        if problems:
+            raise GatewayError(problems)
+        _attach(conn, gw, actor, row, new)
+        _reschedule(conn, gw, row, _earliest(gw, conn, new, gw.now()) if new else row.earliest_crossing)
+        return _view(conn, conn.execute(select(_B).where(_B.c.bundle_id == row.bundle_id)).one())
+
+
+def remove_ccrn(gw: Gateway, actor: Actor, bundle_id: str, ccrn: Any) -> dict[str, Any]:
+    """Take one consignment off; taking the last one off dissolves the bundle."""
+    problems: list[Problem] = []
+    parsed = _parse_ccrns([ccrn], problems, "ccrn")
+    if problems or not parsed:
+        raise GatewayError([Problem(p.code, "ccrn", p.message) for p in problems])
+    wanted = parsed[0]
+    with gw.engine.begin() as conn:
+        row = _load_for(conn, actor, bundle_id, lock=True)
+        _require_live(row)
+        if wanted not in _members(conn, row.bundle_id):
+            raise GatewayError.one(
+                "NOT_FOUND", f"consignment {wanted} is not in bundle {row.bundle_id}", "ccrn"
+            )
+        _lock_consignments(conn, [wanted])
+        _detach(conn, gw, actor, row, wanted, "LODGED")
+        if not _members(conn, row.bundle_id):
+            _close(conn, gw, actor, row)
+        return _view(conn, conn.execute(select(_B).where(_B.c.bundle_id == row.bundle_id)).one())
+
+
+def _reschedule(conn: Connection, gw: Gateway, row: Any, candidate: datetime) -> None:
+    """Move the earliest crossing later if ``candidate`` is later, and the slot with it if it no longer
+    fits; the old slot is released only once a new one is booked."""
+    earliest = max(row.earliest_crossing, candidate)
+    if earliest == row.earliest_crossing:
+        return
+    values: dict[str, Any] = {"earliest_crossing": earliest, "updated_at": gw.now()}
+    if earliest >= row.slot_end:
+        cp = gw.config.control_points[row.control_point]
+        values["slot_start"], values["slot_end"] = slots.book(conn, row.control_point, cp, earliest)
+        slots.release(conn, row.control_point, row.slot_start)
+    conn.execute(update(_B).where(_B.c.bundle_id == row.bundle_id).values(**values))
+
+
+def on_amended(conn: Connection, gw: Gateway, consignment: Any, record: Any) -> None:
+    """A content-changing amendment of a bundled consignment restarts the lead time of its bundle; it
+    may not take the consignment out of the bundle's direction or control point."""
+    if consignment.bundle_id is None:
+        return
+    row = conn.execute(select(_B).where(_B.c.bundle_id == consignment.bundle_id).with_for_update()).one()
+    if record.direction != row.direction or record.control_point not in (None, row.control_point):
+        raise GatewayError.one(
+            "BUNDLE_MISMATCH",
+            f"consignment {consignment.ccrn} is bundled for {row.direction} at {row.control_point}: "
+            "unbundle it before changing its direction or control point",
+            "control_point" if record.direction == row.direction else "direction",
+        )
+    _reschedule(conn, gw, row, gw.now() + timedelta(minutes=gw.config.rules.bundle_lead_minutes))
+
+
+def on_leaving(conn: Connection, gw: Gateway, actor: Actor, consignment: Any) -> None:
+    """A bundled consignment cancelled or expired leaves its bundle; the last one out dissolves it."""
+    if consignment.bundle_id is None:
+        return
+    row = conn.execute(select(_B).where(_B.c.bundle_id == consignment.bundle_id).with_for_update()).one()
+    _detach(conn, gw, actor, row, consignment.ccrn, None)
+    if not _members(conn, row.bundle_id):
+        _close(conn, gw, actor, row)
+
+
+def live_bundle(gw: Gateway, actor: Actor, vehicle: str) -> dict[str, Any] | None:
+    """The vehicle's live bundle, for the driver who made it, its maker or an officer."""
+    with gw.engine.connect() as conn:
+        row = _live_bundle_of(conn, normalise_vrn(vehicle))
+        if row is None or not (actor.is_officer or actor.party_id in (row.driver_id, row.created_by)):
+            return None
+        return _view(conn, row)

@@ -1,0 +1,88 @@
+"""Crossing time slots per control point (design sections 5 and 6).
+
+Each land control point has opening hours, a slot length and a capacity of bundles per slot, in Hong
+Kong time. Slots are aligned to the opening time. A bundle gets the slot that contains its target time
+(its earliest permitted crossing, or its expected arrival if later), or the next one with room the same
+day; none left is ``SLOT_FULL``. Capacity is enforced by a conditional increment, so concurrent
+bundlers on PostgreSQL can never overbook a slot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, time, timedelta
+
+from sqlalchemy import Connection, insert, update
+from sqlalchemy.exc import IntegrityError
+
+from gateway import tables
+from gateway.clock import HONG_KONG
+from gateway.config import ControlPointConfig
+from gateway.errors import GatewayError
+
+_S = tables.slot_bookings
+
+
+def _hhmm(text: str) -> timedelta:
+    hours, minutes = text.split(":")
+    return timedelta(hours=int(hours), minutes=int(minutes))
+
+
+def candidate_slots(cp: ControlPointConfig, target: datetime) -> Iterator[tuple[datetime, datetime]]:
+    """The slots of the target's Hong Kong day that end after the target, in order."""
+    local = target.astimezone(HONG_KONG)
+    midnight = datetime.combine(local.date(), time(0), HONG_KONG)
+    opens = midnight + _hhmm(cp.opens)
+    closes = midnight + _hhmm(cp.closes)
+    length = timedelta(minutes=cp.slot_minutes)
+    first = 0 if local < opens else int((local - opens) / length)
+    start = opens + first * length
+    while start + length <= closes:
+        yield start, start + length
+        start += length
+
+
+def book(conn: Connection, code: str, cp: ControlPointConfig, target: datetime) -> tuple[datetime, datetime]:
+    """Book the first slot with room at or after ``target``; raises SLOT_FULL when the day has none."""
+    for start, end in candidate_slots(cp, target):
+        if _take(conn, code, start, cp.slot_capacity):
+            return start, end
+    local = target.astimezone(HONG_KONG)
+    raise GatewayError.one(
+        "SLOT_FULL",
+        f"control point {code} has no slot with room on {local:%Y-%m-%d} from {local:%H:%M} "
+        f"(open {cp.opens} to {cp.closes}, {cp.slot_capacity} vehicles per {cp.slot_minutes} minutes)",
+        "control_point",
+    )
+
+
+def _take(conn: Connection, code: str, start: datetime, capacity: int) -> bool:
+    taken = conn.execute(
+        update(_S)
+        .where(_S.c.control_point == code, _S.c.slot_start == start, _S.c.booked < capacity)
+        .values(booked=_S.c.booked + 1)
+    ).rowcount
+    if taken:
+        return True
+    try:
+        with conn.begin_nested():
+            conn.execute(insert(_S).values(control_point=code, slot_start=start, booked=1))
+        return True
+    except IntegrityError:
+        # The slot's row exists: it was full above, or another bundler created it just now. Try once
+        # more under the row's lock; what it says is final.
+        return bool(
+            conn.execute(
+                update(_S)
+                .where(_S.c.control_point == code, _S.c.slot_start == start, _S.c.booked < capacity)
+                .values(booked=_S.c.booked + 1)
+            ).rowcount
+        )
+
+
+def release(conn: Connection, code: str, start: datetime) -> None:
+    conn.execute(
+        update(_S)
+        .where(_S.c.control_point == code, _S.c.slot_start == start, _S.c.booked > 0)
+        .values(booked=_S.c.booked - 1)
+    )

@@ -1,0 +1,87 @@
+"""Bundling over the JSON API (design section 9)."""
+
+import pytest
+from fastapi.testclient import TestClient
+
+from gateway.app import create_app
+from tests.factories import record
+
+
+@pytest.fixture
+def client(gw):
+    with TestClient(create_app(gw), raise_server_exceptions=False) as c:
+        yield c
+
+
+def bearer(key):
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_driver_bundles_unbundles_and_the_filer_sees_the_vehicle(client, party):
+    _f, filer_key = party.add(name="Forwarder")
+    _d, driver_key = party.add(role="driver", name="Driver")
+    ccrns = [
+        client.post(
+            "/api/v1/consignments", json=record(submitter_reference=f"R{i}"), headers=bearer(filer_key)
+        ).json()["ccrn"]
+        for i in range(2)
+    ]
+    r = client.post(
+        "/api/v1/bundles",
+        json={"vehicle": "ab 1234", "control_point": "LMC", "ccrns": ccrns},
+        headers=bearer(driver_key),
+    )
+    assert r.status_code == 201, r.text
+    b = r.json()
+    assert set(b) >= {"bundle_id", "vehicle", "driver", "ccrns", "earliest_crossing", "slot"}
+    assert b["ccrns"] == ccrns and b["vehicle"] == "AB1234"
+    assert client.get(f"/api/v1/bundles/{b['bundle_id']}", headers=bearer(driver_key)).json() == b
+    seen = client.get(f"/api/v1/consignments/{ccrns[0]}", headers=bearer(filer_key)).json()
+    assert seen["status"] == "BUNDLED" and seen["bundle"]["vehicle"] == "AB1234"
+    assert client.get(f"/api/v1/bundles/{b['bundle_id']}", headers=bearer(filer_key)).status_code == 404
+
+    r = client.delete(f"/api/v1/bundles/{b['bundle_id']}/ccrns/{ccrns[1]}", headers=bearer(driver_key))
+    assert r.status_code == 200 and r.json()["ccrns"] == [ccrns[0]]
+    r = client.post(
+        f"/api/v1/bundles/{b['bundle_id']}/ccrns", json={"ccrns": [ccrns[1]]}, headers=bearer(driver_key)
+    )
+    assert r.status_code == 200 and r.json()["ccrns"] == ccrns
+    r = client.delete(f"/api/v1/bundles/{b['bundle_id']}", headers=bearer(driver_key))
+    assert r.status_code == 200 and r.json()["status"] == "UNBUNDLED"
+    assert (
+        client.get(f"/api/v1/consignments/{ccrns[0]}", headers=bearer(filer_key)).json()["status"] == "LODGED"
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "expected"),
+    [
+        ({"vehicle": "AB1", "control_point": "LMC", "ccrns": []}, 422, [("MISSING_FIELD", "ccrns")]),
+        (
+            {"vehicle": "AB1", "control_point": "LMC", "ccrns": ["123456789012"]},
+            422,
+            [("CCRN_CHECK_DIGIT", "ccrns[0]")],
+        ),
+        (
+            {"vehicle": "AB1", "control_point": "LMC", "ccrns": ["000000000000"]},
+            404,
+            [("NOT_FOUND", "ccrns[0]")],
+        ),
+        (
+            {"vehicle": "AB1", "control_point": "NOPE", "ccrns": ["000000000000"]},
+            422,
+            [("INVALID_CODE", "control_point")],
+        ),
+        (
+            {"vehicle": "AB1", "control_point": "LMC", "ccrns": ["000000000000"], "lorry": 1},
+            422,
+            [("INVALID_VALUE", "lorry")],
+        ),
+        ([], 422, [("INVALID_VALUE", None)]),
+    ],
+)
+def test_bad_bundle_requests(client, party, body, status, expected):
+    _d, driver_key = party.add(role="driver", name="Driver")
+    r = client.post("/api/v1/bundles", json=body, headers=bearer(driver_key))
+    assert r.status_code == status
+    assert [(e["code"], e["field"]) for e in r.json()["errors"]] == expected
