@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
@@ -268,3 +270,53 @@ def authenticate(gw: Gateway, api_key: str, channel: str) -> Actor:
 def require_active(actor: Actor) -> None:
     if actor.status != "ACTIVE":
         raise GatewayError.one("FORBIDDEN", f"party {actor.party_id} is suspended; contact customs")
+
+
+PIN_ATTEMPTS = 3
+PIN_LOCK = timedelta(minutes=30)
+
+
+def authenticate_pin(gw: Gateway, party_id: str, pin: str, channel: str = "ivr") -> Actor:
+    """A driver on the phone: party id and six-digit PIN. Three wrong PINs in a row lock the phone
+    dialog for that party for 30 minutes, so a PIN cannot be guessed by calling again and again."""
+    party_id = "".join(str(party_id).split())
+    with gw.engine.begin() as conn:
+        row = (
+            conn.execute(
+                select(tables.parties).where(tables.parties.c.party_id == party_id).with_for_update()
+            )
+            .mappings()
+            .first()
+        )
+        if row is None or row["pin_hash"] is None:
+            raise GatewayError.one("UNAUTHORIZED", "unknown party id or wrong PIN")
+        now = gw.now()
+        if row["pin_locked_until"] is not None and row["pin_locked_until"] > now:
+            raise GatewayError.one(
+                "UNAUTHORIZED",
+                f"too many wrong PINs: the phone dialog is locked for this party until "
+                f"{iso_hk(row['pin_locked_until'])}",
+            )
+        refusal = None
+        if not secrets.compare_digest(hash_pin(str(pin), party_id), row["pin_hash"]):
+            failures = row["pin_failures"] + 1
+            locked = now + PIN_LOCK if failures >= PIN_ATTEMPTS else None
+            conn.execute(
+                update(tables.parties)
+                .where(tables.parties.c.party_id == party_id)
+                .values(pin_failures=0 if locked else failures, pin_locked_until=locked)
+            )
+            if locked:
+                audit(conn, gw, Actor(party_id, row["role"], channel), "pin.locked", "party", party_id)
+                refusal = "three wrong PINs: the phone dialog is locked for 30 minutes"
+            else:
+                refusal = "unknown party id or wrong PIN"
+        elif row["pin_failures"] or row["pin_locked_until"] is not None:
+            conn.execute(
+                update(tables.parties)
+                .where(tables.parties.c.party_id == party_id)
+                .values(pin_failures=0, pin_locked_until=None)
+            )
+    if refusal:  # raised after the commit, so the count of wrong PINs is kept
+        raise GatewayError.one("UNAUTHORIZED", refusal)
+    return Actor(party_id, row["role"], channel, row["status"])

@@ -67,6 +67,9 @@ parties = Table(
     Column("control_point", String(5)),
     Column("pin_hash", String(128)),
     Column("created_at", UtcDateTime, nullable=False),
+    # Wrong PINs in a row, and until when the phone dialog refuses the party (migration 0005).
+    Column("pin_failures", Integer, nullable=False, server_default="0"),
+    Column("pin_locked_until", UtcDateTime),
 )
 
 api_keys = Table(
