@@ -4,6 +4,7 @@ body, call one service function and render its result."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -37,25 +38,19 @@ def _gateway(request: Request) -> Gateway:
     return gw
 
 
-async def _actor(request: Request) -> Actor:
-    header = request.headers.get("authorization", "")
+def _authenticate(gw: Gateway, header: str) -> Actor:
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise GatewayError.one("UNAUTHORIZED", "send your API key as 'Authorization: Bearer KEY'")
-    return await run_in_threadpool(parties.authenticate, _gateway(request), key.strip(), "http")
+    return parties.authenticate(gw, key.strip(), "http")
 
 
-async def _json_body(request: Request, actor: Actor) -> tuple[Any, int]:
-    """The raw body is stored (with its SHA-256) before it is read, so nothing received is lost."""
-    body = await request.body()
-    raw_id = await run_in_threadpool(
-        store_raw, _gateway(request), actor, request.headers.get("content-type"), body
-    )
-    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-    if content_type and content_type != "application/json" and not content_type.endswith("+json"):
-        raise GatewayError.one("UNSUPPORTED_MEDIA_TYPE", f"send application/json, not {content_type}")
+def _parse_json(body: bytes, content_type: str | None) -> Any:
+    kind = (content_type or "application/json").split(";")[0].strip().lower()
+    if kind and kind != "application/json" and not kind.endswith("+json"):
+        raise GatewayError.one("UNSUPPORTED_MEDIA_TYPE", f"send application/json, not {kind}")
     try:
-        return json.loads(body.decode("utf-8")), raw_id
+        return json.loads(body.decode("utf-8"))
     except UnicodeDecodeError:
         raise GatewayError.one("MALFORMED", "the body is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
@@ -64,12 +59,33 @@ async def _json_body(request: Request, actor: Actor) -> tuple[Any, int]:
         ) from None
 
 
-async def _json_body_optional(request: Request, actor: Actor) -> int:
-    """Requests without a body that still change data (DELETE) are kept too, for the record."""
-    body = await request.body()
-    return await run_in_threadpool(
-        store_raw, _gateway(request), actor, request.headers.get("content-type"), body
-    )
+class _Call:
+    """What a handler's work gets: who asks, the JSON body (when the route takes one), the raw id."""
+
+    def __init__(self, gw: Gateway, actor: Actor, data: Any, raw_id: int | None) -> None:
+        self.gw = gw
+        self.actor = actor
+        self.data = data
+        self.raw_id = raw_id
+
+
+async def _run(
+    request: Request, work: Callable[[_Call], Any], *, changes: bool = False, json_body: bool = False
+) -> Any:
+    """Authenticate, keep the raw body of a request that changes data (with its SHA-256, before it is
+    read), parse JSON, then do the work: all in one worker thread, one hop per request."""
+    gw = _gateway(request)
+    header = request.headers.get("authorization", "")
+    content_type = request.headers.get("content-type")
+    body = await request.body() if changes else b""
+
+    def job() -> Any:
+        actor = _authenticate(gw, header)
+        raw_id = store_raw(gw, actor, content_type, body) if changes else None
+        data = _parse_json(body, content_type) if json_body else None
+        return work(_Call(gw, actor, data, raw_id))
+
+    return await run_in_threadpool(job)
 
 
 def _metric(request: Request, action: str) -> None:
@@ -88,9 +104,9 @@ def _metric(request: Request, action: str) -> None:
     summary="Lodge cargo information and get a CCRN",
 )
 async def lodge(request: Request) -> JSONResponse:
-    actor = await _actor(request)
-    data, raw_id = await _json_body(request, actor)
-    outcome = await run_in_threadpool(consignments.lodge, _gateway(request), actor, data, raw_id)
+    outcome = await _run(
+        request, lambda c: consignments.lodge(c.gw, c.actor, c.data, c.raw_id), changes=True, json_body=True
+    )
     if outcome.changed:
         _metric(request, "lodge")
     return JSONResponse(outcome.view, status_code=201 if outcome.changed else 200)
@@ -104,11 +120,11 @@ async def list_consignments(
     limit: int = 50,
     offset: int = 0,
 ) -> JSONResponse:
-    actor = await _actor(request)
-    rows = await run_in_threadpool(
-        lambda: consignments.list_consignments(
-            _gateway(request), actor, status=status, reference=reference, limit=limit, offset=max(offset, 0)
-        )
+    rows = await _run(
+        request,
+        lambda c: consignments.list_consignments(
+            c.gw, c.actor, status=status, reference=reference, limit=limit, offset=max(offset, 0)
+        ),
     )
     return JSONResponse({"consignments": rows})
 
@@ -119,17 +135,15 @@ async def list_consignments(
     responses={200: _CONSIGNMENT, **_ERROR_RESPONSES},
 )
 async def get_consignment(request: Request, ccrn: str) -> JSONResponse:
-    actor = await _actor(request)
-    return JSONResponse(await run_in_threadpool(consignments.get, _gateway(request), actor, ccrn))
+    return JSONResponse(await _run(request, lambda c: consignments.get(c.gw, c.actor, ccrn)))
 
 
 @router.get(
     "/consignments/{ccrn}/versions", summary="Every version of the record", responses=_ERROR_RESPONSES
 )
 async def get_versions(request: Request, ccrn: str) -> JSONResponse:
-    actor = await _actor(request)
-    versions = await run_in_threadpool(consignments.history, _gateway(request), actor, ccrn)
-    return JSONResponse({"ccrn": versions and ccrn.replace(" ", ""), "versions": versions})
+    versions = await _run(request, lambda c: consignments.history(c.gw, c.actor, ccrn))
+    return JSONResponse({"ccrn": "".join(ccrn.split()), "versions": versions})
 
 
 @router.put(
@@ -139,9 +153,12 @@ async def get_versions(request: Request, ccrn: str) -> JSONResponse:
     responses={200: _CONSIGNMENT, **_ERROR_RESPONSES},
 )
 async def amend(request: Request, ccrn: str) -> JSONResponse:
-    actor = await _actor(request)
-    data, raw_id = await _json_body(request, actor)
-    outcome = await run_in_threadpool(consignments.amend, _gateway(request), actor, ccrn, data, raw_id)
+    outcome = await _run(
+        request,
+        lambda c: consignments.amend(c.gw, c.actor, ccrn, c.data, c.raw_id),
+        changes=True,
+        json_body=True,
+    )
     if outcome.changed:
         _metric(request, "amend")
     return JSONResponse(outcome.view)
@@ -151,9 +168,7 @@ async def amend(request: Request, ccrn: str) -> JSONResponse:
     "/consignments/{ccrn}", summary="Cancel a consignment", responses={200: _CONSIGNMENT, **_ERROR_RESPONSES}
 )
 async def cancel(request: Request, ccrn: str) -> JSONResponse:
-    actor = await _actor(request)
-    raw_id = await _json_body_optional(request, actor)
-    outcome = await run_in_threadpool(consignments.cancel, _gateway(request), actor, ccrn, raw_id)
+    outcome = await _run(request, lambda c: consignments.cancel(c.gw, c.actor, ccrn, c.raw_id), changes=True)
     if outcome.changed:
         _metric(request, "cancel")
     return JSONResponse(outcome.view)
@@ -162,61 +177,57 @@ async def cancel(request: Request, ccrn: str) -> JSONResponse:
 # -- parties (officers; a party may read itself and rotate its own keys) ---------------------------
 
 
-@router.post("/parties", status_code=201, summary="Register a party (officers)", responses=_ERROR_RESPONSES)
-async def add_party(request: Request) -> JSONResponse:
-    actor = await _actor(request)
-    data, _raw = await _json_body(request, actor)
-    if not isinstance(data, dict):
-        raise GatewayError.one("INVALID_VALUE", 'send an object: {"role", "name", ...}')
-    unknown = set(data) - {"role", "name", "edi_ids", "scope", "control_point"}
-    if unknown:
-        raise GatewayError.one("INVALID_VALUE", f"unknown field {sorted(unknown)[0]!r}", sorted(unknown)[0])
-    edi_ids = data.get("edi_ids") or []
+def _party_fields(data: Any) -> dict[str, Any]:
+    body = _object(data, {"role", "name", "edi_ids", "scope", "control_point"})
+    edi_ids = body.get("edi_ids") or []
     if not isinstance(edi_ids, list) or not all(isinstance(e, str) for e in edi_ids):
         raise GatewayError.one("INVALID_VALUE", "edi_ids is a list of strings", "edi_ids")
-    for key in ("role", "name"):
-        if not isinstance(data.get(key), str) or not data[key].strip():
-            raise GatewayError.one("MISSING_FIELD", "is required", key)
-    new = await run_in_threadpool(
-        lambda: parties.add_party(
-            _gateway(request),
-            actor,
-            data["role"],
-            data["name"],
-            edi_ids=tuple(edi_ids),
-            scope=data.get("scope"),
-            control_point=data.get("control_point"),
+    missing = [k for k in ("role", "name") if not isinstance(body.get(k), str) or not body[k].strip()]
+    if missing:
+        raise GatewayError([Problem("MISSING_FIELD", k, "is required") for k in missing])
+    return {**body, "edi_ids": tuple(edi_ids)}
+
+
+@router.post("/parties", status_code=201, summary="Register a party (officers)", responses=_ERROR_RESPONSES)
+async def add_party(request: Request) -> JSONResponse:
+    def work(c: _Call) -> Any:
+        f = _party_fields(c.data)
+        return parties.add_party(
+            c.gw,
+            c.actor,
+            f["role"],
+            f["name"],
+            edi_ids=f["edi_ids"],
+            scope=f.get("scope"),
+            control_point=f.get("control_point"),
         )
-    )
+
+    new = await _run(request, work, changes=True, json_body=True)
     return JSONResponse(new.as_dict(), status_code=201)
 
 
 @router.get("/parties/{party_id}", summary="A party", responses=_ERROR_RESPONSES)
 async def get_party(request: Request, party_id: str) -> JSONResponse:
-    actor = await _actor(request)
-    return JSONResponse(await run_in_threadpool(parties.get_party, _gateway(request), actor, party_id))
+    return JSONResponse(await _run(request, lambda c: parties.get_party(c.gw, c.actor, party_id)))
 
 
 @router.post("/parties/{party_id}/suspend", summary="Suspend a party (officers)", responses=_ERROR_RESPONSES)
 async def suspend_party(request: Request, party_id: str) -> JSONResponse:
-    actor = await _actor(request)
-    return JSONResponse(await run_in_threadpool(parties.suspend, _gateway(request), actor, party_id))
+    return JSONResponse(await _run(request, lambda c: parties.suspend(c.gw, c.actor, party_id), changes=True))
 
 
 @router.post(
     "/parties/{party_id}/reinstate", summary="Reinstate a party (officers)", responses=_ERROR_RESPONSES
 )
 async def reinstate_party(request: Request, party_id: str) -> JSONResponse:
-    actor = await _actor(request)
-    return JSONResponse(await run_in_threadpool(parties.reinstate, _gateway(request), actor, party_id))
+    return JSONResponse(
+        await _run(request, lambda c: parties.reinstate(c.gw, c.actor, party_id), changes=True)
+    )
 
 
 @router.get("/parties/{party_id}/keys", summary="A party's API keys (hints only)", responses=_ERROR_RESPONSES)
 async def list_keys(request: Request, party_id: str) -> JSONResponse:
-    actor = await _actor(request)
-    return JSONResponse(
-        {"keys": await run_in_threadpool(parties.list_keys, _gateway(request), actor, party_id)}
-    )
+    return JSONResponse({"keys": await _run(request, lambda c: parties.list_keys(c.gw, c.actor, party_id))})
 
 
 @router.post(
@@ -226,18 +237,15 @@ async def list_keys(request: Request, party_id: str) -> JSONResponse:
     responses=_ERROR_RESPONSES,
 )
 async def add_key(request: Request, party_id: str) -> JSONResponse:
-    actor = await _actor(request)
-    return JSONResponse(
-        await run_in_threadpool(parties.add_key, _gateway(request), actor, party_id), status_code=201
-    )
+    key = await _run(request, lambda c: parties.add_key(c.gw, c.actor, party_id), changes=True)
+    return JSONResponse(key, status_code=201)
 
 
 @router.delete(
     "/parties/{party_id}/keys/{key_id}", status_code=204, summary="Revoke a key", responses=_ERROR_RESPONSES
 )
 async def revoke_key(request: Request, party_id: str, key_id: int) -> Response:
-    actor = await _actor(request)
-    await run_in_threadpool(parties.revoke_key, _gateway(request), actor, party_id, key_id)
+    await _run(request, lambda c: parties.revoke_key(c.gw, c.actor, party_id, key_id), changes=True)
     return Response(status_code=204)
 
 
@@ -257,52 +265,45 @@ def _object(data: Any, allowed: set[str]) -> dict[str, Any]:
 
 @router.post("/bundles", status_code=201, summary="Bundle CCRNs with a vehicle", responses=_ERROR_RESPONSES)
 async def create_bundle(request: Request) -> JSONResponse:
-    actor = await _actor(request)
-    data, _raw = await _json_body(request, actor)
-    body = _object(data, _BUNDLE_FIELDS)
-    view = await run_in_threadpool(
-        lambda: bundles.bundle(
-            _gateway(request),
-            actor,
+    def work(c: _Call) -> Any:
+        body = _object(c.data, _BUNDLE_FIELDS)
+        return bundles.bundle(
+            c.gw,
+            c.actor,
             body.get("vehicle"),
             body.get("control_point"),
             body.get("ccrns"),
             driver=body.get("driver"),
             expected_arrival=body.get("expected_arrival"),
         )
-    )
-    return JSONResponse(view, status_code=201)
+
+    return JSONResponse(await _run(request, work, changes=True, json_body=True), status_code=201)
 
 
 @router.get("/bundles/{bundle_id}", summary="A bundle", responses=_ERROR_RESPONSES)
 async def get_bundle(request: Request, bundle_id: str) -> JSONResponse:
-    actor = await _actor(request)
-    return JSONResponse(await run_in_threadpool(bundles.get, _gateway(request), actor, bundle_id))
+    return JSONResponse(await _run(request, lambda c: bundles.get(c.gw, c.actor, bundle_id)))
 
 
 @router.delete("/bundles/{bundle_id}", summary="Unbundle", responses=_ERROR_RESPONSES)
 async def delete_bundle(request: Request, bundle_id: str) -> JSONResponse:
-    actor = await _actor(request)
-    await _json_body_optional(request, actor)
-    return JSONResponse(await run_in_threadpool(bundles.unbundle, _gateway(request), actor, bundle_id))
+    return JSONResponse(
+        await _run(request, lambda c: bundles.unbundle(c.gw, c.actor, bundle_id), changes=True)
+    )
 
 
 @router.post("/bundles/{bundle_id}/ccrns", summary="Add CCRNs to a live bundle", responses=_ERROR_RESPONSES)
 async def add_to_bundle(request: Request, bundle_id: str) -> JSONResponse:
-    actor = await _actor(request)
-    data, _raw = await _json_body(request, actor)
-    body = _object(data, {"ccrns"})
-    return JSONResponse(
-        await run_in_threadpool(bundles.add_ccrns, _gateway(request), actor, bundle_id, body.get("ccrns"))
-    )
+    def work(c: _Call) -> Any:
+        return bundles.add_ccrns(c.gw, c.actor, bundle_id, _object(c.data, {"ccrns"}).get("ccrns"))
+
+    return JSONResponse(await _run(request, work, changes=True, json_body=True))
 
 
 @router.delete(
     "/bundles/{bundle_id}/ccrns/{ccrn}", summary="Take a CCRN off a bundle", responses=_ERROR_RESPONSES
 )
 async def remove_from_bundle(request: Request, bundle_id: str, ccrn: str) -> JSONResponse:
-    actor = await _actor(request)
-    await _json_body_optional(request, actor)
     return JSONResponse(
-        await run_in_threadpool(bundles.remove_ccrn, _gateway(request), actor, bundle_id, ccrn)
+        await _run(request, lambda c: bundles.remove_ccrn(c.gw, c.actor, bundle_id, ccrn), changes=True)
     )
