@@ -13,6 +13,7 @@ from sqlalchemy import Connection, Engine, insert
 from gateway import tables
 from gateway.clock import HONG_KONG, Clock
 from gateway.config import Config
+from gateway.immigration import ImmigrationPort
 
 ROLES = ("shipper", "forwarder", "service_provider", "driver", "kiosk", "officer", "agency")
 FILER_ROLES = frozenset({"shipper", "forwarder", "service_provider"})
@@ -44,6 +45,7 @@ class Gateway:
     engine: Engine
     config: Config = field(default_factory=Config)
     clock: Clock = field(default_factory=Clock)
+    immigration: ImmigrationPort | None = None  # None: no Immigration link; the kiosk fails closed
 
     def now(self) -> datetime:
         return self.clock.now()
