@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from adapters import http_api
+from adapters import http_api, ivr
 from gateway import db
 from gateway.context import Gateway
 from gateway.errors import GatewayError, Problem
@@ -142,6 +142,7 @@ def create_app(gw: Gateway) -> FastAPI:
     app.state.gateway = gw
     app.state.metrics = metrics = Metrics()
     app.include_router(http_api.router)
+    app.include_router(ivr.router)
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(_request: Request, exc: GatewayError) -> JSONResponse:
