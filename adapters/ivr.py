@@ -34,7 +34,6 @@ import hmac
 import json
 import logging
 import re
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -44,13 +43,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
-from sqlalchemy import insert, or_, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import or_, select
 from starlette.concurrency import run_in_threadpool
 
 from gateway import bundles, parties, tables
 from gateway.clock import HONG_KONG
-from gateway.context import SYSTEM, Actor, Gateway, store_raw
+from gateway.context import SYSTEM, Actor, Gateway, store_raw, stored_secret
 from gateway.errors import GatewayError, Problem
 from gateway.identifiers import ccrn_problem, normalise_vrn, vrn_problem
 
@@ -203,20 +201,7 @@ def _explain_all(gw: Gateway, error: GatewayError, ccrns: list[str], vehicle: st
 
 
 def _secret(gw: Gateway) -> bytes:
-    """The signing secret, created at random on first use; two processes racing to create it end up
-    with the one that was inserted first."""
-    query = select(tables.settings.c.value).where(tables.settings.c.name == SECRET_NAME)
-    with gw.engine.connect() as conn:
-        value = conn.scalar(query)
-    if value is None:
-        try:
-            with gw.engine.begin() as conn:
-                conn.execute(insert(tables.settings).values(name=SECRET_NAME, value=secrets.token_hex(32)))
-        except IntegrityError:
-            pass  # another process made it first: use theirs
-        with gw.engine.connect() as conn:
-            value = conn.scalar(query)
-    return bytes.fromhex(str(value))
+    return stored_secret(gw, SECRET_NAME)
 
 
 def _sign(secret: bytes, party_id: str, expires: int) -> str:

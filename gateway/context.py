@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert
+from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy.exc import IntegrityError
 
 from gateway import tables
 from gateway.clock import HONG_KONG, Clock
@@ -114,3 +116,22 @@ def store_raw(gw: Gateway, actor: Actor, content_type: str | None, body: bytes) 
         (message_id,) = result.inserted_primary_key or (None,)
     assert message_id is not None
     return int(message_id)
+
+
+def stored_secret(gw: Gateway, name: str) -> bytes:
+    """A random 256-bit secret kept in the ``settings`` table under ``name``, made on first use.
+
+    Every process sharing the database uses the same one; two processes racing to make it both end up
+    with the one inserted first."""
+    query = select(tables.settings.c.value).where(tables.settings.c.name == name)
+    with gw.engine.connect() as conn:
+        value = conn.scalar(query)
+    if value is None:
+        try:
+            with gw.engine.begin() as conn:
+                conn.execute(insert(tables.settings).values(name=name, value=secrets.token_hex(32)))
+        except IntegrityError:
+            pass  # another process made it first: use theirs
+        with gw.engine.connect() as conn:
+            value = conn.scalar(query)
+    return bytes.fromhex(str(value))
