@@ -1,0 +1,864 @@
+"""The one-stop kiosk decision and the inspections it opens (design sections 5 and 7).
+
+A kiosk sends one request per arriving vehicle; the gateway answers ``RELEASE``, ``INSPECT``,
+``NOT_READY`` or ``REFUSE`` with generic reasons. It fails closed: no fault of any kind (Immigration
+down, slow or answering garbage, the database failing inside the decision, a bug) ever yields
+``RELEASE``. Immigration is asked at most once per request and never while the store is locked.
+
+Officers see everything behind a decision (profiles, targets, scores, draws) through the clearance's
+``detail`` and the inspections; kiosks, drivers and filers see the decision and generic reasons only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+
+from gateway import risk, tables
+from gateway.context import Actor, Gateway, audit, audit_values, iso_hk
+from gateway.errors import GatewayError, Problem
+from gateway.identifiers import normalise_vrn, vrn_problem
+from gateway.immigration import ClearanceQuery
+
+log = logging.getLogger("roadcargo.clearance")
+
+DECISIONS = ("RELEASE", "INSPECT", "NOT_READY", "REFUSE")
+ANSWERS = ("CLEARED", "REFUSED", "REFER")
+_C = tables.consignments
+_B = tables.bundles
+_I = tables.bundle_items
+_V = tables.consignment_versions
+_K = tables.clearances
+_N = tables.inspections
+_X = tables.transhipments
+_CONTINGENCY = "contingency."
+_CLEARANCES = insert(_K)
+
+# Immigration is called on a pool of its own with a deadline, so that a client that ignores its own
+# timeout can neither hold a request nor let a late answer through: past the deadline it is NOT_READY.
+_IMMIGRATION_POOL = ThreadPoolExecutor(max_workers=64, thread_name_prefix="immigration")
+
+
+@dataclass(frozen=True)
+class KioskRequest:
+    control_point: str
+    lane: str
+    vehicle: str
+    driver_document: str
+    empty: bool = False
+    elock_id: str | None = None
+
+
+@dataclass
+class Verdict:
+    decision: str
+    reasons: list[str]
+    come_back_at: datetime | None = None
+
+
+@dataclass
+class Plan:
+    """What the store says about an arriving vehicle, read before and again after asking Immigration."""
+
+    bundle: Any = None
+    members: list[Any] = field(default_factory=list)
+    records: dict[str, Any] = field(default_factory=dict)
+    tranship: dict[str, Any] = field(default_factory=dict)
+    open_inspection: Any = None
+    late: bool = False
+    early: Verdict | None = None  # a decision that needs no Immigration answer
+
+
+# -- the request ---------------------------------------------------------------------------------------
+
+
+def parse_request(gw: Gateway, data: Any) -> KioskRequest:
+    if not isinstance(data, dict):
+        raise GatewayError.one("INVALID_VALUE", "send a JSON object")
+    allowed = {"control_point", "lane", "vehicle", "driver_document", "empty", "elock_id"}
+    problems = [Problem("INVALID_VALUE", k, f"unknown field {k!r}") for k in sorted(set(data) - allowed)]
+    cp = data.get("control_point")
+    lane = data.get("lane")
+    if cp not in gw.config.control_points:
+        problems.append(
+            Problem("INVALID_CODE", "control_point", f"{cp!r} is not a land control point with a kiosk")
+        )
+    elif not isinstance(lane, str) or lane not in gw.config.control_points[cp].lanes:
+        problems.append(Problem("INVALID_VALUE", "lane", f"{lane!r} is not a lane of {cp}"))
+    vehicle = data.get("vehicle")
+    if not isinstance(vehicle, str) or vrn_problem(vehicle):
+        problems.append(Problem("INVALID_VALUE", "vehicle", "a vehicle registration number is required"))
+    document = data.get("driver_document")
+    if not isinstance(document, str) or not document.strip():
+        problems.append(Problem("MISSING_FIELD", "driver_document", "every driver passes Immigration"))
+    elif len(document.strip()) > 35:
+        problems.append(Problem("INVALID_VALUE", "driver_document", "at most 35 characters"))
+    empty = data.get("empty", False)
+    if not isinstance(empty, bool):
+        problems.append(Problem("INVALID_VALUE", "empty", "true or false"))
+    elock = data.get("elock_id")
+    if elock is not None and (not isinstance(elock, str) or not elock.strip() or len(elock) > 35):
+        problems.append(Problem("INVALID_VALUE", "elock_id", "an e-lock id of 1 to 35 characters"))
+    if problems:
+        raise GatewayError(problems)
+    assert isinstance(cp, str) and isinstance(lane, str) and isinstance(vehicle, str)
+    assert isinstance(document, str)
+    return KioskRequest(
+        cp, lane, normalise_vrn(vehicle), document.strip(), bool(empty), elock.strip() if elock else None
+    )
+
+
+def _authorise(conn: Connection, actor: Actor, control_point: str) -> None:
+    if actor.status != "ACTIVE":
+        raise GatewayError.one("FORBIDDEN", f"party {actor.party_id} is suspended")
+    if actor.is_officer:
+        return
+    if actor.role != "kiosk":
+        raise GatewayError.one("FORBIDDEN", "only kiosks and officers ask for clearance decisions")
+    bound = conn.scalar(
+        select(tables.parties.c.control_point).where(tables.parties.c.party_id == actor.party_id)
+    )
+    if bound != control_point:
+        raise GatewayError.one(
+            "FORBIDDEN", f"this kiosk is bound to {bound}, not {control_point}", "control_point"
+        )
+
+
+# -- contingency ---------------------------------------------------------------------------------------
+
+
+def in_contingency(conn: Connection, control_point: str) -> bool:
+    name = _CONTINGENCY + control_point
+    return conn.scalar(select(tables.settings.c.value).where(tables.settings.c.name == name)) == "on"
+
+
+def set_contingency(gw: Gateway, actor: Actor, control_point: str, active: Any) -> dict[str, Any]:
+    """An officer switches a control point to contingency (its kiosk answers NOT_READY) and back."""
+    risk.require_officer(actor)
+    if control_point not in gw.config.control_points:
+        raise GatewayError.one("NOT_FOUND", f"no control point {control_point}", "control_point")
+    if not isinstance(active, bool):
+        raise GatewayError.one("INVALID_VALUE", "active is true or false", "active")
+    name = _CONTINGENCY + control_point
+    settings = tables.settings
+    with gw.engine.begin() as conn:
+        before = in_contingency(conn, control_point)
+        if before != active:
+            conn.execute(settings.delete().where(settings.c.name == name))
+            if active:
+                conn.execute(insert(settings).values(name=name, value="on"))
+            audit(
+                conn,
+                gw,
+                actor,
+                "control_point.contingency",
+                "control_point",
+                control_point,
+                {"contingency": before},
+                {"contingency": active},
+            )
+    return {"control_point": control_point, "contingency": active}
+
+
+# -- reading the store ---------------------------------------------------------------------------------
+
+
+def _members(conn: Connection, bundle_id: str, lock: bool) -> list[Any]:
+    query = (
+        select(_C)
+        .join(_I, (_I.c.ccrn == _C.c.ccrn) & (_I.c.bundle_id == bundle_id))
+        .where(_I.c.removed_at.is_(None))
+        .order_by(_C.c.ccrn)
+    )
+    return list(conn.execute(query.with_for_update() if lock else query))
+
+
+def _plan(conn: Connection, gw: Gateway, req: KioskRequest, lock: bool) -> Plan:
+    from gateway.consignments import expiry_due  # the lifecycle's own rule
+
+    plan = Plan()
+    if in_contingency(conn, req.control_point):
+        plan.early = Verdict("NOT_READY", ["CONTINGENCY"])
+        return plan
+    query = select(_B).where(_B.c.live_vehicle == req.vehicle)
+    bundle = conn.execute(query.with_for_update() if lock else query).first()
+    plan.bundle = bundle
+    if req.empty:
+        if bundle is not None:
+            # A vehicle with a live bundle cannot declare itself empty.
+            plan.early = Verdict("NOT_READY", ["EMPTY_WITH_BUNDLE"])
+        return plan
+    if bundle is None:
+        plan.early = Verdict("NOT_READY", ["NO_BUNDLE"])
+        return plan
+    if bundle.control_point != req.control_point:
+        plan.early = Verdict("NOT_READY", ["WRONG_CONTROL_POINT"])
+        return plan
+    plan.members = _members(conn, bundle.bundle_id, lock)
+    if not plan.members or any(m.status not in ("BUNDLED", "ARRIVED") for m in plan.members):
+        plan.early = Verdict("NOT_READY", ["NO_BUNDLE"])
+        return plan
+    if any(expiry_due(gw, m) for m in plan.members):
+        plan.early = Verdict("NOT_READY", ["EXPIRED"])
+        return plan
+    if bundle.status == "ARRIVED":
+        plan.open_inspection = conn.execute(
+            select(_N).where(_N.c.bundle_id == bundle.bundle_id, _N.c.status == "OPEN")
+        ).first()
+        if plan.open_inspection is not None:
+            plan.early = Verdict("INSPECT", ["SELECTED_FOR_INSPECTION"])
+            return plan
+    now = gw.now()
+    ready_at = max(bundle.earliest_crossing, bundle.slot_start)
+    if bundle.status == "LIVE" and now < ready_at:
+        plan.early = Verdict("NOT_READY", ["EARLY"], come_back_at=ready_at)
+        return plan
+    plan.late = now >= bundle.slot_end
+    if not lock:
+        # Before asking Immigration only what saves the call matters; the transhipment rules below
+        # are checked under lock, where they decide.
+        return plan
+    ccrns = [m.ccrn for m in plan.members]
+    plan.records = {
+        r.ccrn: json.loads(r.record)
+        for r in conn.execute(
+            select(_V.c.ccrn, _V.c.record).where(
+                _V.c.ccrn.in_(ccrns),
+                _V.c.version == select(_C.c.version).where(_C.c.ccrn == _V.c.ccrn).scalar_subquery(),
+            )
+        )
+    }
+    plan.tranship = {r.ccrn: r for r in conn.execute(select(_X).where(_X.c.ccrn.in_(ccrns)))}
+    for m in plan.members:
+        mode = (plan.records[m.ccrn].get("transhipment") or {}).get("mode")
+        if mode == "AIR_TO_LAND" and m.ccrn not in plan.tranship:
+            # The airport is the first control point: the cargo may not leave before it has recorded it.
+            plan.early = Verdict("NOT_READY", ["TRANSHIPMENT_NOT_RECORDED"])
+            return plan
+        if mode == "LAND_TO_AIR" and not req.elock_id:
+            plan.early = Verdict("NOT_READY", ["ELOCK_REQUIRED"])
+            return plan
+    return plan
+
+
+# -- Immigration --------------------------------------------------------------------------------------
+
+
+def ask_immigration(gw: Gateway, req: KioskRequest, driver: str | None) -> str | None:
+    """Immigration's answer, or None for no link, no answer in time, garbage or any failure."""
+    port = gw.immigration
+    if port is None:
+        return None
+    query = ClearanceQuery(req.driver_document, req.vehicle, driver, req.control_point, req.lane)
+    deadline = gw.config.immigration.timeout_ms / 1000 * 1.25 + 0.05
+    try:
+        answer = _IMMIGRATION_POOL.submit(port.clear, query).result(timeout=deadline)
+    except FutureTimeout:
+        log.warning("Immigration gave no answer within %.2fs", deadline)
+        return None
+    except Exception:
+        log.exception("Immigration client failed")
+        return None
+    if not isinstance(answer, str) or answer not in ANSWERS:
+        log.warning("Immigration answered something unreadable: %r", answer)
+        return None
+    return answer
+
+
+# -- the decision -------------------------------------------------------------------------------------
+
+
+def decide(gw: Gateway, actor: Actor, data: Any) -> dict[str, Any]:
+    """The kiosk decision of design section 7. Bad requests are errors; past that, every fault is
+    NOT_READY with reason SYSTEM_FAULT."""
+    req = parse_request(gw, data)
+    with gw.engine.connect() as conn:
+        _authorise(conn, actor, req.control_point)
+    try:
+        return _decide(gw, actor, req)
+    except Exception:
+        log.exception("kiosk decision failed: the truck goes to a manual lane")
+        out: dict[str, Any] = {"decision": "NOT_READY", "reasons": ["SYSTEM_FAULT"], "ccrns": []}
+        return out
+
+
+def _decide(gw: Gateway, actor: Actor, req: KioskRequest) -> dict[str, Any]:
+    with gw.engine.connect() as conn:
+        first = _plan(conn, gw, req, lock=False)
+    answer: str | None = None
+    asked = first.early is None
+    if asked:
+        driver = first.bundle.driver_id if first.bundle is not None else None
+        answer = ask_immigration(gw, req, driver)
+    with gw.engine.begin() as conn:
+        plan = _plan(conn, gw, req, lock=True) if asked else first
+        if asked and plan.early is None and answer is None:
+            verdict = Verdict("NOT_READY", ["IMMIGRATION_UNAVAILABLE"])
+        elif asked and plan.early is None and answer == "REFER":
+            verdict = Verdict("NOT_READY", ["IMMIGRATION_REFER"])
+        elif plan.early is not None:
+            verdict = plan.early
+        else:
+            return _conclude(conn, gw, actor, req, plan, answer)
+        clearance_id = _record(conn, gw, actor, req, plan, verdict, answer, {"reasons": verdict.reasons})
+        if verdict.reasons == ["EARLY"] and plan.bundle is not None:
+            _early_offence(conn, gw, req, plan.bundle)
+        return _answer(actor, clearance_id, verdict, [m.ccrn for m in plan.members], None)
+
+
+def _early_offence(conn: Connection, gw: Gateway, req: KioskRequest, bundle: Any) -> None:
+    """Arriving before the permitted time is an offence: one per bundle, however often it tries."""
+    seen = conn.scalar(
+        select(tables.offences.c.offence_id).where(
+            tables.offences.c.bundle_id == bundle.bundle_id, tables.offences.c.kind == "EARLY_ARRIVAL"
+        )
+    )
+    if seen is None:
+        risk.record_offence(
+            conn,
+            gw,
+            "EARLY_ARRIVAL",
+            party_id=bundle.driver_id,
+            vehicle=bundle.vehicle,
+            bundle_id=bundle.bundle_id,
+            control_point=req.control_point,
+            details=f"arrived before {iso_hk(max(bundle.earliest_crossing, bundle.slot_start))}",
+        )
+
+
+def _conclude(
+    conn: Connection, gw: Gateway, actor: Actor, req: KioskRequest, plan: Plan, answer: str | None
+) -> dict[str, Any]:
+    """Immigration answered CLEARED or REFUSED and the bundle (or the empty vehicle) is in order."""
+    now = gw.now()
+    bundle = plan.bundle
+    selection: dict[str, Any] = {"consignments": {}, "vehicle_targets": [], "elock": {}}
+    selected = False
+    if bundle is None:  # an empty vehicle: still checked against vehicle and driver targets
+        targets = risk.vehicle_targets(conn, gw, req.vehicle, [])
+        selection["vehicle_targets"] = [t.as_dict() for t in targets]
+        selected = bool(targets)
+    else:
+        second_point = [
+            m.ccrn
+            for m in plan.members
+            if (plan.records[m.ccrn].get("transhipment") or {}).get("mode") == "AIR_TO_LAND"
+        ]
+        to_profile = [m.ccrn for m in plan.members if m.ccrn not in second_point]
+        results = risk.assess(
+            conn,
+            gw,
+            to_profile,
+            "KIOSK",
+            crossing_at=now,
+            vehicle=bundle.vehicle,
+            driver=bundle.driver_id,
+        )
+        for ccrn, result in results.items():
+            selection["consignments"][ccrn] = result.as_dict()
+            selected = selected or result.selected
+        for ccrn in second_point:
+            # Cleared at its first control point (the airport): never selected a second time. Only a
+            # broken or mismatched e-lock stops it.
+            recorded = plan.tranship[ccrn].elock_id
+            if req.elock_id is not None and recorded and req.elock_id != recorded:
+                selection["elock"][ccrn] = {"recorded": recorded, "presented": req.elock_id}
+                selected = True
+            else:
+                selection["consignments"][ccrn] = {"why": ["TRANSHIPMENT_SECOND_POINT"], "selected": False}
+    if answer == "REFUSED":
+        verdict = Verdict("REFUSE", ["IMMIGRATION_REFUSED"])
+    elif selected:
+        verdict = Verdict("INSPECT", ["SELECTED_FOR_INSPECTION"])
+    else:
+        verdict = Verdict("RELEASE", [])
+    if plan.late:
+        verdict.reasons.append("LATE")
+    detail = {"reasons": verdict.reasons, "immigration": answer, "selection": selection, "late": plan.late}
+    clearance_id = _record(conn, gw, actor, req, plan, verdict, answer, detail)
+    for ccrn, lock in selection["elock"].items():
+        member = next(m for m in plan.members if m.ccrn == ccrn)
+        risk.record_offence(
+            conn,
+            gw,
+            "ELOCK_BROKEN",
+            party_id=member.filer_id,
+            vehicle=req.vehicle,
+            ccrn=ccrn,
+            bundle_id=bundle.bundle_id if bundle is not None else None,
+            control_point=req.control_point,
+            details=f"e-lock {lock['presented']} presented, {lock['recorded']} recorded",
+        )
+        conn.execute(
+            update(_X).where(_X.c.ccrn == ccrn).values(status="INSPECTION", intact=False, second_at=now)
+        )
+    if bundle is not None:
+        _arrive(conn, gw, actor, req, plan, verdict.decision)
+    if verdict.decision == "INSPECT":
+        open_inspection(
+            conn,
+            gw,
+            origin="KIOSK",
+            clearance_id=clearance_id,
+            control_point=req.control_point,
+            vehicle=req.vehicle,
+            bundle_id=bundle.bundle_id if bundle is not None else None,
+            empty=req.empty,
+            ccrns=[m.ccrn for m in plan.members],
+            selection=selection,
+        )
+    if verdict.decision == "RELEASE" and bundle is not None:
+        cross(conn, gw, actor, plan.members, bundle, req.elock_id, inspected=False, records=plan.records)
+    return _answer(actor, clearance_id, verdict, [m.ccrn for m in plan.members], detail)
+
+
+def _answer(
+    actor: Actor,
+    clearance_id: int,
+    verdict: Verdict,
+    ccrns: list[str],
+    detail: dict[str, Any] | None,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"decision": verdict.decision, "reasons": list(verdict.reasons), "ccrns": ccrns}
+    if verdict.come_back_at is not None:
+        out["come_back_at"] = iso_hk(verdict.come_back_at)
+    if actor.is_officer:  # officers see what is behind it; nobody else ever does
+        out["clearance_id"] = clearance_id
+        out["detail"] = detail
+    return out
+
+
+def _record(
+    conn: Connection,
+    gw: Gateway,
+    actor: Actor,
+    req: KioskRequest,
+    plan: Plan,
+    verdict: Verdict,
+    answer: str | None,
+    detail: dict[str, Any],
+) -> int:
+    result = conn.execute(
+        _CLEARANCES,
+        {
+            "at": gw.now(),
+            "control_point": req.control_point,
+            "lane": req.lane,
+            "vehicle": req.vehicle,
+            "driver_document": req.driver_document,
+            "requested_by": actor.party_id,
+            "bundle_id": plan.bundle.bundle_id if plan.bundle is not None else None,
+            "empty": req.empty,
+            "elock_id": req.elock_id,
+            "decision": verdict.decision,
+            "reasons": json.dumps(verdict.reasons),
+            "ccrns": json.dumps([m.ccrn for m in plan.members]),
+            "come_back_at": verdict.come_back_at,
+            "immigration": answer,
+            "late": plan.late,
+            "detail": json.dumps(detail, default=str),
+        },
+    )
+    return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+
+# -- status changes, events ---------------------------------------------------------------------------
+
+
+_EVENTS = insert(tables.events)
+_AUDITS = insert(tables.audit_log)
+
+
+def event(
+    conn: Connection,
+    gw: Gateway,
+    kind: str,
+    *,
+    ccrn: str | None,
+    vehicle: str | None,
+    status: str | None,
+    status_version: int | None,
+    data: dict[str, Any],
+) -> None:
+    """One row of the partner feed (the shape of ``consignments._event_values``); never any risk."""
+    conn.execute(
+        _EVENTS,
+        {
+            "at": gw.now(),
+            "type": kind,
+            "ccrn": ccrn,
+            "vehicle": vehicle,
+            "status": status,
+            "status_version": status_version,
+            "data": json.dumps(data),
+        },
+    )
+
+
+def move(
+    conn: Connection,
+    gw: Gateway,
+    actor: Actor,
+    ccrns: list[str],
+    status: str | None,
+    kind: str,
+    data: dict[str, Any],
+    vehicle: str | None = None,
+) -> None:
+    """Set consignments' status (None: keep each one's) with status_version bumped, one event and one
+    audit row each: four statements however many consignments, as a kiosk decision is on the clock."""
+    if not ccrns:
+        return
+    now = gw.now()
+    current = {
+        r.ccrn: r
+        for r in conn.execute(select(_C.c.ccrn, _C.c.status, _C.c.status_version).where(_C.c.ccrn.in_(ccrns)))
+    }
+    values: dict[str, Any] = {"status_version": _C.c.status_version + 1, "updated_at": now}
+    if status is not None:
+        values["status"] = status
+    conn.execute(update(_C).where(_C.c.ccrn.in_(ccrns)).values(**values))
+    text = json.dumps(data)
+    events = []
+    audits = []
+    for ccrn in ccrns:
+        old = current[ccrn]
+        new = {"status": status or old.status, "status_version": old.status_version + 1}
+        events.append({"at": now, "type": kind, "ccrn": ccrn, "vehicle": vehicle, "data": text, **new})
+        audits.append(
+            audit_values(
+                gw,
+                actor,
+                f"consignment.{kind.lower()}",
+                "consignment",
+                ccrn,
+                {"status": old.status, "status_version": old.status_version},
+                new,
+            )
+        )
+    conn.execute(_EVENTS, events)
+    conn.execute(_AUDITS, audits)
+
+
+def bump(conn: Connection, gw: Gateway, actor: Actor, ccrn: str, kind: str, data: dict[str, Any]) -> None:
+    """An event that changes no status (TRANSHIPMENT_CONFIRMED) still gets a new status_version."""
+    move(conn, gw, actor, [ccrn], None, kind, data)
+
+
+def _set_bundle(conn: Connection, gw: Gateway, bundle_id: str, status: str) -> None:
+    values: dict[str, Any] = {"status": status, "updated_at": gw.now()}
+    if status in ("CROSSED", "HELD"):
+        values["live_vehicle"] = None  # the vehicle may bundle again
+    conn.execute(update(_B).where(_B.c.bundle_id == bundle_id).values(**values))
+
+
+def _arrive(
+    conn: Connection, gw: Gateway, actor: Actor, req: KioskRequest, plan: Plan, decision: str
+) -> None:
+    bundle = plan.bundle
+    data = {
+        "decision": decision,
+        "control_point": req.control_point,
+        "lane": req.lane,
+        "bundle_id": bundle.bundle_id,
+        "driver": bundle.driver_id,
+        "late": plan.late,
+    }
+    fresh = [m.ccrn for m in plan.members if m.status == "BUNDLED"]
+    move(conn, gw, actor, fresh, "ARRIVED", "ARRIVED", data, vehicle=bundle.vehicle)
+    # Arriving again after a refused driver: the decision is news, the status is not.
+    again = [m.ccrn for m in plan.members if m.status != "BUNDLED"]
+    move(conn, gw, actor, again, None, "ARRIVED", data, vehicle=bundle.vehicle)
+    if bundle.status == "LIVE":
+        _set_bundle(conn, gw, bundle.bundle_id, "ARRIVED")
+
+
+def cross(
+    conn: Connection,
+    gw: Gateway,
+    actor: Actor,
+    members: list[Any],
+    bundle: Any,
+    elock_id: str | None,
+    inspected: bool,
+    records: dict[str, Any] | None = None,
+) -> None:
+    """The vehicle has crossed: its consignments are CROSSED, its bundle done, its vehicle free. A
+    land-to-air transhipment starts its journey to the airport with the e-lock recorded here; an
+    air-to-land one whose e-lock was presented intact is confirmed."""
+    from gateway import transhipments
+
+    data = {"control_point": bundle.control_point, "bundle_id": bundle.bundle_id}
+    move(conn, gw, actor, [m.ccrn for m in members], "CROSSED", "CROSSED", data, vehicle=bundle.vehicle)
+    for m in members:
+        leg = None if records is None else dict(records[m.ccrn].get("transhipment") or {})
+        transhipments.on_crossed(conn, gw, actor, m.ccrn, bundle.control_point, elock_id, inspected, leg)
+    _set_bundle(conn, gw, bundle.bundle_id, "CROSSED")
+
+
+# -- inspections --------------------------------------------------------------------------------------
+
+
+def open_inspection(
+    conn: Connection,
+    gw: Gateway,
+    *,
+    origin: str,
+    clearance_id: int | None,
+    control_point: str,
+    vehicle: str | None,
+    bundle_id: str | None,
+    empty: bool,
+    ccrns: list[str],
+    selection: dict[str, Any],
+) -> int:
+    result = conn.execute(
+        insert(_N).values(
+            opened_at=gw.now(),
+            origin=origin,
+            clearance_id=clearance_id,
+            control_point=control_point,
+            vehicle=vehicle,
+            bundle_id=bundle_id,
+            empty=empty,
+            ccrns=json.dumps(ccrns),
+            selection=json.dumps(selection, default=str),
+            status="OPEN",
+        )
+    )
+    inspection_id = int(result.inserted_primary_key[0])  # type: ignore[index]
+    data = {"control_point": control_point, "inspection_id": inspection_id}
+    if not ccrns:
+        event(
+            conn,
+            gw,
+            "INSPECTION_OPENED",
+            ccrn=None,
+            vehicle=vehicle,
+            status=None,
+            status_version=None,
+            data=data,
+        )
+    for ccrn in ccrns:
+        row = conn.execute(select(_C.c.status, _C.c.status_version).where(_C.c.ccrn == ccrn)).one()
+        event(
+            conn,
+            gw,
+            "INSPECTION_OPENED",
+            ccrn=ccrn,
+            vehicle=vehicle,
+            status=row.status,
+            status_version=row.status_version,
+            data=data,
+        )
+    return inspection_id
+
+
+def _inspection_view(row: Any) -> dict[str, Any]:
+    return {
+        "inspection_id": int(row.inspection_id),
+        "opened_at": iso_hk(row.opened_at),
+        "origin": row.origin,
+        "clearance_id": row.clearance_id,
+        "control_point": row.control_point,
+        "vehicle": row.vehicle,
+        "bundle_id": row.bundle_id,
+        "empty": bool(row.empty),
+        "ccrns": json.loads(row.ccrns),
+        "selection": json.loads(row.selection),
+        "status": row.status,
+        "closed_at": iso_hk(row.closed_at),
+        "closed_by": row.closed_by,
+        "findings": json.loads(row.findings) if row.findings else None,
+    }
+
+
+def list_inspections(
+    gw: Gateway, actor: Actor, status: str | None = "OPEN", control_point: str | None = None
+) -> list[dict[str, Any]]:
+    """Inspection cases with the profiles, targets and draws behind each selection (officers)."""
+    risk.require_officer(actor)
+    query = select(_N).order_by(_N.c.inspection_id).limit(500)
+    if status:
+        query = query.where(_N.c.status == status.upper())
+    if control_point:
+        query = query.where(_N.c.control_point == control_point)
+    with gw.engine.connect() as conn:
+        return [_inspection_view(r) for r in conn.execute(query)]
+
+
+def get_inspection(gw: Gateway, actor: Actor, inspection_id: Any) -> dict[str, Any]:
+    risk.require_officer(actor)
+    with gw.engine.connect() as conn:
+        return _inspection_view(_load_inspection(conn, inspection_id, lock=False))
+
+
+def _load_inspection(conn: Connection, inspection_id: Any, lock: bool) -> Any:
+    try:
+        key = int(inspection_id)
+    except (TypeError, ValueError):
+        raise GatewayError.one("NOT_FOUND", f"no inspection {inspection_id}", "inspection_id") from None
+    query = select(_N).where(_N.c.inspection_id == key)
+    row = conn.execute(query.with_for_update() if lock else query).first()
+    if row is None:
+        raise GatewayError.one("NOT_FOUND", f"no inspection {inspection_id}", "inspection_id")
+    return row
+
+
+def _parse_findings(data: Any, required: bool) -> dict[str, Any]:
+    if data is None and not required:
+        data = {}
+    if not isinstance(data, dict):
+        raise GatewayError.one("INVALID_VALUE", "send a JSON object {findings, undeclared_cargo?, loaded?}")
+    allowed = {"findings", "undeclared_cargo", "loaded"}
+    problems = [Problem("INVALID_VALUE", k, f"unknown field {k!r}") for k in sorted(set(data) - allowed)]
+    text = data.get("findings")
+    if required and (not isinstance(text, str) or not text.strip()):
+        problems.append(Problem("MISSING_FIELD", "findings", "say what was found"))
+    elif text is not None and not isinstance(text, str):
+        problems.append(Problem("INVALID_VALUE", "findings", "text"))
+    for flag in ("undeclared_cargo", "loaded"):
+        if not isinstance(data.get(flag, False), bool):
+            problems.append(Problem("INVALID_VALUE", flag, "true or false"))
+    if problems:
+        raise GatewayError(problems)
+    return {
+        "findings": (text or "").strip(),
+        "undeclared_cargo": bool(data.get("undeclared_cargo", False)),
+        "loaded": bool(data.get("loaded", False)),
+    }
+
+
+def close_inspection(
+    gw: Gateway, actor: Actor, inspection_id: Any, outcome: str, data: Any
+) -> dict[str, Any]:
+    """An officer closes a case: ``RELEASED`` (the consignments cross) or ``HELD``. Offences the
+    findings show are recorded against the filers, the driver and the vehicle."""
+    from gateway import transhipments
+
+    risk.require_officer(actor)
+    findings = _parse_findings(data, required=outcome == "HELD")
+    with gw.engine.begin() as conn:
+        case = _load_inspection(conn, inspection_id, lock=True)
+        if case.status != "OPEN":
+            raise GatewayError.one(
+                "INVALID_STATE", f"inspection {case.inspection_id} is already {case.status}", "inspection_id"
+            )
+        ccrns = json.loads(case.ccrns)
+        members = list(
+            conn.execute(select(_C).where(_C.c.ccrn.in_(ccrns)).order_by(_C.c.ccrn).with_for_update())
+        )
+        bundle = (
+            conn.execute(select(_B).where(_B.c.bundle_id == case.bundle_id).with_for_update()).first()
+            if case.bundle_id
+            else None
+        )
+        _findings_offences(conn, gw, actor, case, members, bundle, findings)
+        elock = None
+        if case.clearance_id is not None:
+            elock = conn.scalar(select(_K.c.elock_id).where(_K.c.clearance_id == case.clearance_id))
+        data_out = {"control_point": case.control_point, "inspection_id": int(case.inspection_id)}
+        if outcome == "RELEASED":
+            arrived = [m for m in members if m.status == "ARRIVED"]
+            if bundle is not None and arrived:
+                cross(conn, gw, actor, arrived, bundle, elock, inspected=True)
+            for m in members:
+                if m.status == "CROSSED":  # an e-lock case at the second control point
+                    transhipments.on_elock_case_closed(conn, gw, m.ccrn, "CLEARED")
+        else:
+            held = [m.ccrn for m in members if m.status in ("ARRIVED", "CROSSED")]
+            move(conn, gw, actor, held, "HELD", "HELD", data_out, vehicle=case.vehicle)
+            for ccrn in held:
+                transhipments.on_elock_case_closed(conn, gw, ccrn, "HELD")
+            if bundle is not None and bundle.status in ("LIVE", "ARRIVED"):
+                _set_bundle(conn, gw, bundle.bundle_id, "HELD")
+        conn.execute(
+            update(_N)
+            .where(_N.c.inspection_id == case.inspection_id)
+            .values(
+                status=outcome, closed_at=gw.now(), closed_by=actor.party_id, findings=json.dumps(findings)
+            )
+        )
+        audit(
+            conn,
+            gw,
+            actor,
+            f"inspection.{outcome.lower()}",
+            "inspection",
+            str(case.inspection_id),
+            {"status": "OPEN"},
+            {"status": outcome, **findings},
+        )
+        return _inspection_view(_load_inspection(conn, case.inspection_id, lock=False))
+
+
+def _findings_offences(
+    conn: Connection,
+    gw: Gateway,
+    actor: Actor,
+    case: Any,
+    members: list[Any],
+    bundle: Any,
+    findings: dict[str, Any],
+) -> None:
+    driver = bundle.driver_id if bundle is not None else None
+    if findings["undeclared_cargo"]:
+        for party in sorted({m.filer_id for m in members} | ({driver} if driver else set())):
+            risk.record_offence(
+                conn,
+                gw,
+                "UNDECLARED_CARGO",
+                party_id=party,
+                vehicle=case.vehicle,
+                bundle_id=case.bundle_id,
+                control_point=case.control_point,
+                details=findings["findings"] or "undeclared cargo found at inspection",
+                recorded_by=actor.party_id,
+            )
+    if findings["loaded"] and case.empty:
+        risk.record_offence(
+            conn,
+            gw,
+            "EMPTY_NOT_EMPTY",
+            vehicle=case.vehicle,
+            control_point=case.control_point,
+            details=findings["findings"] or "declared empty, found loaded",
+            recorded_by=actor.party_id,
+        )
+
+
+def list_clearances(gw: Gateway, actor: Actor, vehicle: str | None = None) -> list[dict[str, Any]]:
+    """Kiosk decisions with the officers' view of each, newest first."""
+    risk.require_officer(actor)
+    query = select(_K).order_by(_K.c.clearance_id.desc()).limit(200)
+    if vehicle:
+        query = query.where(_K.c.vehicle == normalise_vrn(vehicle))
+    with gw.engine.connect() as conn:
+        return [
+            {
+                "clearance_id": int(r.clearance_id),
+                "at": iso_hk(r.at),
+                "control_point": r.control_point,
+                "lane": r.lane,
+                "vehicle": r.vehicle,
+                "driver_document": r.driver_document,
+                "bundle_id": r.bundle_id,
+                "empty": bool(r.empty),
+                "elock_id": r.elock_id,
+                "decision": r.decision,
+                "reasons": json.loads(r.reasons),
+                "ccrns": json.loads(r.ccrns),
+                "come_back_at": iso_hk(r.come_back_at),
+                "immigration": r.immigration,
+                "late": bool(r.late),
+                "detail": json.loads(r.detail),
+            }
+            for r in conn.execute(query)
+        ]
