@@ -1,0 +1,258 @@
+"""A simulator of the Immigration clearance service (design section 9), for tests and demos:
+``roadcargo simulate immigration --port N [--watchlist FILE] [--delay-ms N]``.
+
+It is a real SOAP 1.1 service implementing ``schemas/immigration.wsdl``: the WSDL is served at
+``/immigration?wsdl`` (with ``soap:address`` and the XSD's ``schemaLocation`` made absolute for the host
+that was asked, as zeep needs), requests are POSTed to ``/immigration``, envelopes are read by the XML
+channel's hardened parser and bodies validated against ``schemas/immigration.xsd``.
+
+Answers to ``ClearDriver``: a travel document number listed in the watchlist file (one per line; blank
+lines and ``#`` comments ignored; compared without surrounding spaces, upper case) is ``REFUSED``;
+otherwise a number starting with ``R`` is ``REFER``; anything else ``CLEARED``. ``--delay-ms`` delays
+every SOAP answer (not the WSDL), to play a slow Immigration.
+
+``AdviseBundle`` notices are logged and kept in memory, once per ``NoticeId`` (a notice delivered again
+is acknowledged as a duplicate); ``GET /immigration/notices`` lists them as JSON with the number of
+deliveries received, so tests and demos can check that every notice arrived exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from datetime import UTC, datetime
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from lxml import etree
+
+from adapters import soap, xml_channel
+from gateway.errors import GatewayError
+
+log = logging.getLogger("roadcargo.immigration_sim")
+
+NS = "urn:roadcargo:immigration:1"
+MAX_BODY = 65536  # a clearance question is a few hundred bytes
+_XS = "http://www.w3.org/2001/XMLSchema"
+_WSDL_SOAP = "http://schemas.xmlsoap.org/wsdl/soap/"
+_SOAP_XML = "text/xml; charset=utf-8"
+
+
+def q(name: str) -> str:
+    return f"{{{NS}}}{name}"
+
+
+@cache
+def _schema_file(name: str) -> bytes:
+    return resources.files("schemas").joinpath(name).read_bytes()
+
+
+@cache
+def _schema() -> etree.XMLSchema:
+    # The simulator validates on the event loop's thread only, so one compiled schema is enough.
+    data = _schema_file("immigration.xsd")
+    return etree.XMLSchema(xml_channel.parse_xml(data, len(data)))
+
+
+def wsdl_for(base_url: str) -> bytes:
+    """The WSDL with its XSD import and ``soap:address`` as absolute URLs under ``base_url``."""
+    data = _schema_file("immigration.wsdl")
+    root = xml_channel.parse_xml(data, len(data))
+    for imported in root.iter(f"{{{_XS}}}import"):
+        imported.set("schemaLocation", f"{base_url}/immigration/immigration.xsd")
+    for address in root.iter(f"{{{_WSDL_SOAP}}}address"):
+        address.set("location", f"{base_url}/immigration")
+    return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8"))
+
+
+def load_watchlist(path: str | None) -> frozenset[str]:
+    """Travel document numbers to refuse; raises OSError (with the file name) when unreadable."""
+    if not path:
+        return frozenset()
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return frozenset(
+        line.strip().upper() for line in lines if line.strip() and not line.lstrip().startswith("#")
+    )
+
+
+class ImmigrationSimulator:
+    """The simulated service's state: its rules and the advance notices it has received."""
+
+    def __init__(self, watchlist: frozenset[str] = frozenset(), delay_ms: int = 0) -> None:
+        self.watchlist = watchlist
+        self.delay_ms = delay_ms
+        self.notices: dict[int, dict[str, Any]] = {}
+        self.deliveries = 0
+        self._lock = threading.Lock()
+
+    def answer(self, travel_document: str) -> str:
+        number = travel_document.strip().upper()
+        if number in self.watchlist:
+            return "REFUSED"
+        if number.startswith("R"):
+            return "REFER"
+        return "CLEARED"
+
+    def advise(self, notice: dict[str, Any]) -> bool:
+        """Record a notice; True when it had been received before (a retry)."""
+        with self._lock:
+            self.deliveries += 1
+            known = self.notices.get(notice["notice_id"])
+            if known is not None:
+                known["deliveries"] += 1
+                return True
+            self.notices[notice["notice_id"]] = {
+                **notice,
+                "received_at": datetime.now(UTC).isoformat(),
+                "deliveries": 1,
+            }
+        log.info(
+            "advance notice %s: bundle %s, vehicle %s, driver %s, %s at %s, slot %s to %s",
+            notice["notice_id"],
+            notice["bundle_id"],
+            notice["vehicle"],
+            notice["driver_party"],
+            notice["direction"],
+            notice["control_point"],
+            notice["slot_start"],
+            notice["slot_end"],
+        )
+        return False
+
+    def listing(self) -> dict[str, Any]:
+        with self._lock:
+            return {"deliveries": self.deliveries, "notices": [dict(n) for n in self.notices.values()]}
+
+
+class _Fault(Exception):
+    def __init__(self, code: str, message: str, side: str = "Client") -> None:
+        super().__init__(message)
+        self.code = code
+        self.side = side
+
+
+def _fault_envelope(fault: _Fault) -> bytes:
+    env = soap.SOAP_ENV
+    root = etree.Element(f"{{{env}}}Envelope", nsmap={"soap": env})
+    element = etree.SubElement(etree.SubElement(root, f"{{{env}}}Body"), f"{{{env}}}Fault")
+    etree.SubElement(element, "faultcode").text = f"soap:{fault.side}"
+    etree.SubElement(element, "faultstring").text = f"{fault.code}: {fault}"
+    detail = etree.SubElement(etree.SubElement(element, "detail"), q("ImmigrationFault"), nsmap={"imm": NS})
+    etree.SubElement(detail, q("Code")).text = fault.code
+    etree.SubElement(detail, q("Message")).text = str(fault)
+    return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8"))
+
+
+def _request_element(body: bytes) -> etree._Element:
+    try:
+        root = xml_channel.parse_xml(body, MAX_BODY)
+    except GatewayError as exc:
+        problem = exc.problems[0]
+        raise _Fault(problem.code, problem.message) from None
+    if root.tag != f"{{{soap.SOAP_ENV}}}Envelope":
+        raise _Fault("MALFORMED", f"not a SOAP 1.1 Envelope but {root.tag}")
+    body_element = root.find(f"{{{soap.SOAP_ENV}}}Body")
+    payload = [c for c in body_element if isinstance(c.tag, str)] if body_element is not None else []
+    if len(payload) != 1:
+        raise _Fault("MALFORMED", "the Body must hold exactly one request element")
+    request = payload[0]
+    schema = _schema()
+    if not schema.validate(request):
+        error = schema.error_log.last_error
+        raise _Fault("SCHEMA_INVALID", f"{error.path}: {error.message}" if error else "invalid request")
+    return request
+
+
+def _text(element: etree._Element, name: str) -> str:
+    return (element.findtext(q(name)) or "").strip()
+
+
+def handle(sim: ImmigrationSimulator, body: bytes) -> bytes:
+    """One SOAP request to the response envelope; raises _Fault."""
+    request = _request_element(body)
+    if request.tag == q("ClearDriver"):
+        response = etree.Element(q("ClearDriverResponse"), nsmap={"imm": NS})
+        etree.SubElement(response, q("Answer")).text = sim.answer(_text(request, "TravelDocument"))
+        return soap.envelope(response)
+    if request.tag == q("AdviseBundle"):
+        notice = {
+            "notice_id": int(_text(request, "NoticeId")),
+            "bundle_id": _text(request, "BundleId"),
+            "vehicle": _text(request, "Vehicle"),
+            "driver_party": _text(request, "DriverParty"),
+            "control_point": _text(request, "ControlPoint"),
+            "direction": _text(request, "Direction"),
+            "slot_start": _text(request, "SlotStart"),
+            "slot_end": _text(request, "SlotEnd"),
+        }
+        duplicate = sim.advise(notice)
+        response = etree.Element(q("AdviseBundleResponse"), nsmap={"imm": NS})
+        etree.SubElement(response, q("NoticeId")).text = str(notice["notice_id"])
+        etree.SubElement(response, q("Accepted")).text = "true"
+        etree.SubElement(response, q("Duplicate")).text = "true" if duplicate else "false"
+        return soap.envelope(response)
+    raise _Fault("INVALID_VALUE", f"unknown request {request.tag}: ClearDriver or AdviseBundle of {NS}")
+
+
+def create_app(sim: ImmigrationSimulator) -> FastAPI:
+    app = FastAPI(title="Immigration simulator", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/immigration")
+    async def get_wsdl(request: Request) -> Response:
+        if "wsdl" not in {key.lower() for key in request.query_params}:
+            return Response(
+                "SOAP requests are POSTed here; the WSDL is at /immigration?wsdl",
+                status_code=404,
+                media_type="text/plain",
+            )
+        return Response(wsdl_for(str(request.base_url).rstrip("/")), media_type=_SOAP_XML)
+
+    @app.get("/immigration/immigration.xsd")
+    async def get_xsd() -> Response:
+        return Response(_schema_file("immigration.xsd"), media_type="application/xml")
+
+    @app.get("/immigration/notices")
+    async def notices() -> JSONResponse:
+        return JSONResponse(sim.listing())
+
+    @app.post("/immigration")
+    async def post_soap(request: Request) -> Response:
+        body = await request.body()
+        if sim.delay_ms:
+            await asyncio.sleep(sim.delay_ms / 1000)
+        try:
+            return Response(handle(sim, body), media_type=_SOAP_XML)
+        except _Fault as fault:
+            return Response(_fault_envelope(fault), status_code=500, media_type=_SOAP_XML)
+        except Exception:  # a fault, never a bare 500: the client must be able to read the answer
+            log.exception("unexpected error")
+            return Response(
+                _fault_envelope(_Fault("INTERNAL", "the simulator failed", "Server")),
+                status_code=500,
+                media_type=_SOAP_XML,
+            )
+
+    return app
+
+
+def run(host: str, port: int, watchlist: frozenset[str], delay_ms: int, server_class: Any) -> int:
+    """Serve until SIGTERM or Ctrl-C; ``server_class`` is the CLI's uvicorn Server (clean exit)."""
+    import uvicorn
+
+    sim = ImmigrationSimulator(watchlist, delay_ms)
+    print(
+        f"Immigration simulator on http://{host}:{port}/immigration (WSDL at /immigration?wsdl, "
+        f"notices at /immigration/notices); {len(watchlist)} travel documents on the watchlist, "
+        f"answers delayed by {delay_ms} ms",
+        flush=True,
+    )
+    # No access log: at kiosk rates it would cost more than the answers; notices are logged above.
+    config = uvicorn.Config(create_app(sim), host=host, port=port, log_level="info", access_log=False)
+    server = server_class(config)
+    server.run()
+    return 0 if server.started else 1

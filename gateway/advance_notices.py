@@ -1,0 +1,169 @@
+"""Advance notices to Immigration (design section 9), through a durable outbox.
+
+When a bundle is made, :func:`enqueue` writes a notice row in the bundle's own transaction: the bundle and
+its notice commit together or not at all, so a notice can be late but never lost. :func:`deliver_due`
+sends due notices with Immigration's ``AdviseBundle`` and is run by a background thread of
+``roadcargo serve`` (any number of processes may run it against one database):
+
+1. claim: in a short transaction, due rows are selected ``FOR UPDATE SKIP LOCKED`` (on PostgreSQL two
+   workers never wait for nor take each other's rows; SQLite serialises the transaction), their
+   ``attempts`` counted and ``next_attempt_at`` pushed a lease ahead, so no other worker takes them
+   while they are being sent, and a worker that dies mid-send leaves them due again once the lease ends;
+2. send, outside any transaction (no database lock is held over the network);
+3. record: delivered rows get ``delivered_at``; failed ones ``last_error`` and a retry time with
+   exponential backoff (1 s, 2 s, 4 s ... at most 5 minutes), retried until Immigration accepts.
+
+Each notice carries its own ``notice_id``, so Immigration recognises a notice sent again after a lost
+acknowledgement (or an expired lease) as the same one.
+
+Unbundling before delivery does not withdraw the notice: it still goes out. An advance notice is
+information ahead of arrival, not a permission; Immigration decides at the kiosk, where the driver's own
+travel document is asked about in every case. Notices are sent at bundling only (adding CCRNs to a live
+bundle does not change its vehicle, driver or control point).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy import Connection, func, insert, select, update
+
+from gateway import tables
+from gateway.context import Gateway
+
+log = logging.getLogger("roadcargo.advance_notices")
+
+_O = tables.immigration_outbox
+LEASE = timedelta(minutes=2)  # far longer than one delivery, which is bounded by [immigration] timeout_ms
+MAX_BACKOFF = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class AdvanceNotice:
+    notice_id: int
+    bundle_id: str
+    vehicle: str
+    driver: str
+    control_point: str
+    direction: str
+    slot_start: datetime
+    slot_end: datetime
+
+
+class NoticeSink(Protocol):
+    def advise(self, notice: AdvanceNotice) -> None:
+        """Deliver one notice; returns once Immigration acknowledged it, raises otherwise."""
+        ...
+
+
+@dataclass(frozen=True)
+class Delivery:
+    delivered: int
+    failed: int
+
+
+def enqueue(conn: Connection, gw: Gateway, bundle: Any) -> None:
+    """A notice for a bundle just made, in the bundle's transaction."""
+    now = gw.now()
+    conn.execute(
+        insert(_O).values(
+            bundle_id=bundle.bundle_id,
+            vehicle=bundle.vehicle,
+            driver_id=bundle.driver_id,
+            control_point=bundle.control_point,
+            direction=bundle.direction,
+            slot_start=bundle.slot_start,
+            slot_end=bundle.slot_end,
+            created_at=now,
+            next_attempt_at=now,
+            attempts=0,
+        )
+    )
+
+
+def backoff(attempts: int) -> timedelta:
+    return min(timedelta(seconds=2 ** max(attempts - 1, 0)), MAX_BACKOFF)
+
+
+def _claim(gw: Gateway, limit: int) -> list[AdvanceNotice]:
+    now = gw.now()
+    with gw.engine.begin() as conn:
+        rows = conn.execute(
+            select(_O)
+            .where(_O.c.delivered_at.is_(None), _O.c.next_attempt_at <= now)
+            .order_by(_O.c.notice_id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).all()
+        if not rows:
+            return []
+        conn.execute(
+            update(_O)
+            .where(_O.c.notice_id.in_([r.notice_id for r in rows]))
+            .values(attempts=_O.c.attempts + 1, next_attempt_at=now + LEASE)
+        )
+    return [
+        AdvanceNotice(
+            r.notice_id,
+            r.bundle_id,
+            r.vehicle,
+            r.driver_id,
+            r.control_point,
+            r.direction,
+            r.slot_start,
+            r.slot_end,
+        )
+        for r in rows
+    ]
+
+
+def _record(gw: Gateway, done: Sequence[int], failed: dict[int, str]) -> None:
+    now = gw.now()
+    with gw.engine.begin() as conn:
+        if done:
+            conn.execute(update(_O).where(_O.c.notice_id.in_(done)).values(delivered_at=now, last_error=None))
+        for notice_id, error in failed.items():
+            attempts = conn.scalar(select(_O.c.attempts).where(_O.c.notice_id == notice_id)) or 1
+            conn.execute(
+                update(_O)
+                .where(_O.c.notice_id == notice_id)
+                .values(next_attempt_at=now + backoff(attempts), last_error=error[:500])
+            )
+
+
+def deliver_due(gw: Gateway, sink: NoticeSink, limit: int = 50) -> Delivery:
+    """Send the notices that are due (at most ``limit``); what failed is retried later."""
+    notices = _claim(gw, limit)
+    done: list[int] = []
+    failed: dict[int, str] = {}
+    error: str | None = None
+    for notice in notices:
+        if error is not None:  # Immigration just failed: the rest of the batch waits for the next round
+            failed[notice.notice_id] = error
+            continue
+        try:
+            sink.advise(notice)
+            done.append(notice.notice_id)
+        except Exception as exc:  # any failure is a retry later, never a lost notice
+            error = failed[notice.notice_id] = (
+                f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            )
+    if notices:
+        _record(gw, done, failed)
+    if failed:
+        log.warning(
+            "%d advance notices not delivered to Immigration (retried later): %s",
+            len(failed),
+            next(iter(failed.values())),
+        )
+    return Delivery(len(done), len(failed))
+
+
+def pending(gw: Gateway) -> int:
+    """Notices not yet delivered."""
+    with gw.engine.connect() as conn:
+        return int(conn.scalar(select(func.count()).where(_O.c.delivered_at.is_(None))) or 0)

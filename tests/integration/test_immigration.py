@@ -1,0 +1,406 @@
+"""Immigration (design section 9): the simulator run as a real ``roadcargo simulate immigration``
+process, asked by the gateway's real zeep client; the durable outbox of advance notices, on SQLite and
+PostgreSQL."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from lxml import etree
+from sqlalchemy import select, text
+
+from adapters import immigration_sim
+from adapters.immigration_client import ImmigrationClient
+from gateway import advance_notices, bundles, consignments, tables
+from gateway.clock import HONG_KONG
+from gateway.errors import GatewayError
+from gateway.immigration import ClearanceQuery
+from tests.factories import record
+
+ROADCARGO = str(Path(sys.executable).with_name("roadcargo"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def simulator(directory: Path, *extra: str, port: int | None = None) -> Iterator[str]:
+    """``roadcargo simulate immigration`` on a free port; yields its service URL."""
+    port = port or free_port()
+    log = directory / f"sim-{port}.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROADCARGO_")}
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [ROADCARGO, "simulate", "immigration", "--port", str(port), *extra],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}/immigration"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, log.read_text()
+            try:
+                if httpx.get(f"{url}?wsdl", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the simulator did not start"
+            time.sleep(0.05)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def notices(url: str) -> dict[str, Any]:
+    listing: dict[str, Any] = httpx.get(f"{url}/notices").json()
+    return listing
+
+
+@pytest.fixture(scope="module")
+def watched_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    directory = tmp_path_factory.mktemp("immigration")
+    watchlist = directory / "watchlist.txt"
+    watchlist.write_text("# wanted\nK7654321\n  x1234567  \n\n")
+    with simulator(directory, "--watchlist", str(watchlist)) as url:
+        yield url
+
+
+def ask(client: ImmigrationClient, document: str, vehicle: str = "AB1234") -> Any:
+    return client.clear(ClearanceQuery(document, vehicle, "12345678", "LMC", "3"))
+
+
+# -- the clearance question -------------------------------------------------------------------------
+
+
+def test_immigration_clears_refuses_watchlisted_and_refers_r_numbers(watched_sim):
+    client = ImmigrationClient(watched_sim, 2000)
+    assert ask(client, "P1234567") == "CLEARED"
+    assert ask(client, "K7654321") == "REFUSED"
+    assert ask(client, "X1234567") == "REFUSED"  # listed with spaces, asked in upper case
+    assert ask(client, "R1234567") == "REFER"
+    assert client.clear(ClearanceQuery("E9999999", "AB1234", None, "HZM", "1")) == "CLEARED"  # no party
+
+
+def test_a_fault_from_immigration_gives_no_answer(watched_sim):
+    client = ImmigrationClient(watched_sim, 2000)
+    assert ask(client, "") is None  # the simulator validates: an empty document is a SOAP fault
+    assert ask(client, "P1", vehicle="lowercase-and-long") is None
+    assert ask(client, "P1") == "CLEARED"  # and the client is still usable
+
+
+def test_slow_immigration_gives_no_answer_within_the_timeout(tmp_path):
+    with simulator(tmp_path, "--delay-ms", "2000") as url:
+        client = ImmigrationClient(url, 300)
+        started = time.monotonic()
+        assert ask(client, "P1234567") is None
+        elapsed = time.monotonic() - started
+        assert 0.3 <= elapsed < 1.2, elapsed
+
+
+def test_immigration_down_gives_no_answer_quickly():
+    client = ImmigrationClient(f"http://127.0.0.1:{free_port()}/immigration", 800)
+    started = time.monotonic()
+    assert ask(client, "P1234567") is None
+    assert ask(client, "P1234567") is None  # and again: the failed WSDL load is retried, not cached
+    assert time.monotonic() - started < 0.5
+
+
+class _Garbage(http.server.BaseHTTPRequestHandler):
+    """Answers GET with the real WSDL (or nonsense) and POST with ``reply``."""
+
+    wsdl = True
+    reply = b"<html>oops"
+
+    def do_GET(self) -> None:
+        port = self.server.server_address[1]
+        body = immigration_sim.wsdl_for(f"http://127.0.0.1:{port}") if self.wsdl else b"\x00\x01 nonsense"
+        if self.path.endswith(".xsd"):
+            body = immigration_sim._schema_file("immigration.xsd")
+        self._send(body)
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self._send(self.reply)
+
+    def _send(self, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def garbage_server(wsdl: bool, reply: bytes) -> Iterator[str]:
+    handler = type("Handler", (_Garbage,), {"wsdl": wsdl, "reply": reply})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/immigration"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+_ENVELOPE = (
+    b'<?xml version="1.0"?><soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/">'
+    b"<soap:Body>%s</soap:Body></soap:Envelope>"
+)
+
+
+@pytest.mark.parametrize(
+    "wsdl, reply",
+    [
+        (False, b"nonsense"),  # not even a WSDL
+        (True, b"<html><body>502 Bad Gateway</body></html>"),  # a proxy's error page
+        (True, b"\xff\xfe not xml at all"),
+        (True, _ENVELOPE % b'<x:Other xmlns:x="urn:elsewhere">CLEARED</x:Other>'),  # another element
+        (
+            True,  # the right element with an answer outside the contract
+            _ENVELOPE % b'<imm:ClearDriverResponse xmlns:imm="urn:roadcargo:immigration:1">'
+            b"<imm:Answer>PROBABLY</imm:Answer></imm:ClearDriverResponse>",
+        ),
+    ],
+    ids=["no-wsdl", "html", "bytes", "wrong-element", "unknown-answer"],
+)
+def test_garbage_from_immigration_gives_no_answer(wsdl, reply):
+    with garbage_server(wsdl, reply) as url:
+        assert ask(ImmigrationClient(url, 800), "P1234567") is None
+
+
+def test_simulator_serves_its_wsdl_with_absolute_addresses(watched_sim):
+    wsdl = httpx.get(f"{watched_sim}?wsdl").text
+    base = watched_sim.rsplit("/immigration", 1)[0]
+    assert f'schemaLocation="{base}/immigration/immigration.xsd"' in wsdl
+    assert f'location="{watched_sim}"' in wsdl
+    assert "ClearDriver" in wsdl and "AdviseBundle" in wsdl
+    xsd = httpx.get(f"{watched_sim}/immigration.xsd")
+    assert xsd.status_code == 200 and b'targetNamespace="urn:roadcargo:immigration:1"' in xsd.content
+
+
+def test_the_wsdl_takes_every_type_from_the_xsd():
+    wsdl = etree.fromstring(immigration_sim._schema_file("immigration.wsdl"))
+    xsd = etree.fromstring(immigration_sim._schema_file("immigration.xsd"))
+    xs = "{http://www.w3.org/2001/XMLSchema}"
+    (schema,) = wsdl.iter(f"{xs}schema")
+    assert [child.tag for child in schema] == [f"{xs}import"]  # nothing defined in the WSDL itself
+    declared = {e.get("name") for e in xsd.findall(f"{xs}element")}
+    parts = {p.get("element").split(":")[1] for p in wsdl.iter("{http://schemas.xmlsoap.org/wsdl/}part")}
+    assert parts == {
+        "ClearDriver",
+        "ClearDriverResponse",
+        "AdviseBundle",
+        "AdviseBundleResponse",
+        "ImmigrationFault",
+    }
+    assert parts <= declared
+
+
+def test_simulator_refuses_dtds_with_a_fault(watched_sim):
+    body = (
+        b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]>'
+        b'<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body>&e;</soap:Body>'
+        b"</soap:Envelope>"
+    )
+    reply = httpx.post(watched_sim, content=body, headers={"Content-Type": "text/xml"})
+    assert reply.status_code == 500
+    assert b"soap:Fault" in reply.content and b"XML_FORBIDDEN" in reply.content
+    assert b"root:" not in reply.content
+
+
+def test_simulator_names_an_unreadable_watchlist(tmp_path):
+    done = subprocess.run(
+        [ROADCARGO, "simulate", "immigration", "--port", "0", "--watchlist", str(tmp_path / "missing.txt")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "missing.txt" in done.stderr
+
+
+# -- advance notices through the outbox -----------------------------------------------------------
+
+
+@pytest.fixture
+def filer(party):
+    return party.add(name="Forwarder")[0]
+
+
+@pytest.fixture
+def driver(party):
+    return party.add(role="driver", name="Driver One")[0]
+
+
+def bundle_some(gw, filer, driver, n: int, prefix: str = "B") -> list[dict[str, Any]]:
+    made = []
+    for i in range(n):
+        ccrn = consignments.lodge(gw, filer, record(submitter_reference=f"{prefix}REF{i}")).view["ccrn"]
+        made.append(bundles.bundle(gw, driver, f"{prefix}K{i:04d}", "LMC", [ccrn]))
+    return made
+
+
+def outbox_rows(gw) -> list[Any]:
+    with gw.engine.connect() as conn:
+        return list(conn.execute(select(tables.immigration_outbox).order_by("notice_id")))
+
+
+def test_bundling_sends_immigration_an_advance_notice(gw, filer, driver, tmp_path):
+    (made,) = bundle_some(gw, filer, driver, 1)
+    (row,) = outbox_rows(gw)
+    assert (row.bundle_id, row.delivered_at, row.attempts) == (made["bundle_id"], None, 0)
+    with simulator(tmp_path) as url:
+        sent = advance_notices.deliver_due(gw, ImmigrationClient(url, 2000))
+        assert (sent.delivered, sent.failed) == (1, 0)
+        listing = notices(url)
+    (notice,) = listing["notices"]
+    assert notice["bundle_id"] == made["bundle_id"]
+    assert notice["vehicle"] == made["vehicle"] and notice["driver_party"] == driver.party_id
+    assert notice["control_point"] == "LMC" and notice["direction"] == "IMPORT"
+    assert notice["slot_start"] == made["slot"]["start"] and notice["slot_end"] == made["slot"]["end"]
+    (row,) = outbox_rows(gw)
+    assert row.delivered_at == gw.now() and row.attempts == 1 and row.last_error is None
+    assert advance_notices.pending(gw) == 0
+
+
+def test_a_failed_bundle_queues_no_notice(gw, filer, driver):
+    (made,) = bundle_some(gw, filer, driver, 1)
+    with pytest.raises(GatewayError) as refused:
+        bundles.bundle(gw, driver, "ZZ9999", "LMC", made["ccrns"])
+    assert refused.value.problems[0].code == "ALREADY_BUNDLED"
+    assert len(outbox_rows(gw)) == 1
+
+
+def test_notices_wait_while_immigration_is_down_and_arrive_once_when_it_is_up(
+    gw, filer, driver, clock, tmp_path
+):
+    made = bundle_some(gw, filer, driver, 2)
+    bundles.unbundle(gw, driver, made[1]["bundle_id"])  # unbundled before delivery: still delivered
+    port = free_port()
+    client = ImmigrationClient(f"http://127.0.0.1:{port}/immigration", 800)
+    sent = advance_notices.deliver_due(gw, client)
+    assert (sent.delivered, sent.failed) == (0, 2)
+    rows = outbox_rows(gw)
+    assert all(r.delivered_at is None and r.attempts == 1 and "Connection" in r.last_error for r in rows)
+    assert advance_notices.deliver_due(gw, client) == advance_notices.Delivery(0, 0)  # backing off
+    clock.advance(timedelta(seconds=1))
+    assert advance_notices.deliver_due(gw, client).failed == 2  # second attempt, still down
+    clock.advance(timedelta(seconds=1))
+    assert advance_notices.deliver_due(gw, client) == advance_notices.Delivery(0, 0)  # now waits 2 s
+    clock.advance(timedelta(seconds=1))
+    with simulator(tmp_path, port=port) as url:
+        assert advance_notices.deliver_due(gw, client) == advance_notices.Delivery(2, 0)
+        clock.advance(timedelta(minutes=10))
+        assert advance_notices.deliver_due(gw, client) == advance_notices.Delivery(0, 0)
+        listing = notices(url)
+    assert listing["deliveries"] == 2
+    assert sorted(n["bundle_id"] for n in listing["notices"]) == sorted(b["bundle_id"] for b in made)
+    assert [r.attempts for r in outbox_rows(gw)] == [3, 3]
+    assert advance_notices.pending(gw) == 0
+
+
+def test_two_workers_deliver_every_notice_exactly_once(gw, filer, driver, tmp_path):
+    made = bundle_some(gw, filer, driver, 30)
+    with simulator(tmp_path) as url:
+        errors: list[BaseException] = []
+
+        def worker() -> None:
+            client = ImmigrationClient(url, 2000)
+            try:
+                while advance_notices.deliver_due(gw, client, limit=3).delivered:
+                    pass
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        listing = notices(url)
+    assert errors == []
+    assert listing["deliveries"] == 30  # no notice sent twice, not even as a recognised duplicate
+    assert sorted(n["bundle_id"] for n in listing["notices"]) == sorted(b["bundle_id"] for b in made)
+    assert {r.attempts for r in outbox_rows(gw)} == {1}
+
+
+@pytest.mark.pg
+def test_a_worker_skips_notices_another_worker_holds(gw, filer, driver, tmp_path):
+    if gw.engine.dialect.name != "postgresql":
+        pytest.skip("SKIP LOCKED is PostgreSQL's; SQLite serialises the claim instead")
+    made = bundle_some(gw, filer, driver, 3)
+    first = outbox_rows(gw)[0].notice_id
+    with simulator(tmp_path) as url, gw.engine.connect() as other:
+        other.execute(text("SELECT 1 FROM immigration_outbox WHERE notice_id = :n FOR UPDATE"), {"n": first})
+        sent: list[advance_notices.Delivery] = []
+        worker = threading.Thread(
+            target=lambda: sent.append(advance_notices.deliver_due(gw, ImmigrationClient(url, 2000))),
+            daemon=True,
+        )
+        worker.start()
+        worker.join(10)
+        other.rollback()  # (a worker that waited for the lock would finish only now, too late)
+        assert sent == [advance_notices.Delivery(2, 0)]
+        assert advance_notices.deliver_due(gw, ImmigrationClient(url, 2000)) == advance_notices.Delivery(1, 0)
+        listing = notices(url)
+    assert listing["deliveries"] == 3
+    assert sorted(n["bundle_id"] for n in listing["notices"]) == sorted(b["bundle_id"] for b in made)
+
+
+def test_roadcargo_serve_delivers_advance_notices_to_immigration(tmp_path):
+    """The composition root: ``roadcargo serve`` runs the outbox worker with the zeep client."""
+    from tests.e2e.conftest import start_gateway
+
+    tomorrow = (datetime.now(HONG_KONG) + timedelta(days=1)).date().isoformat()
+    with simulator(tmp_path) as sim_url:
+        config = f'[immigration]\nurl = "{sim_url}"\ntimeout_ms = 2000\n'
+        with start_gateway(tmp_path / "gw", config) as server:
+            filer = server.add_party("forwarder", "Forwarder")
+            driver = server.add_party("driver", "Driver")
+            lodged = httpx.post(
+                f"{server.url}/api/v1/consignments",
+                json=record(expected_crossing=tomorrow),
+                headers={"Authorization": f"Bearer {filer['api_key']}"},
+            )
+            assert lodged.status_code == 201, lodged.text
+            made = httpx.post(
+                f"{server.url}/api/v1/bundles",
+                json={"vehicle": "XY4321", "control_point": "LMC", "ccrns": [lodged.json()["ccrn"]]},
+                headers={"Authorization": f"Bearer {driver['api_key']}"},
+            )
+            assert made.status_code == 201, made.text
+            deadline = time.monotonic() + 15
+            while not (listing := notices(sim_url))["notices"]:
+                assert time.monotonic() < deadline, "no advance notice reached Immigration"
+                time.sleep(0.1)
+    (notice,) = listing["notices"]
+    assert notice["bundle_id"] == made.json()["bundle_id"] and notice["vehicle"] == "XY4321"
+    assert notice["driver_party"] == driver["party_id"] and listing["deliveries"] == 1
