@@ -38,13 +38,6 @@ def _gateway(request: Request) -> Gateway:
     return gw
 
 
-def _authenticate(gw: Gateway, header: str) -> Actor:
-    scheme, _, key = header.partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
-        raise GatewayError.one("UNAUTHORIZED", "send your API key as 'Authorization: Bearer KEY'")
-    return parties.authenticate(gw, key.strip(), "http")
-
-
 def _parse_json(body: bytes, content_type: str | None) -> Any:
     kind = (content_type or "application/json").split(";")[0].strip().lower()
     if kind and kind != "application/json" and not kind.endswith("+json"):
@@ -80,7 +73,7 @@ async def _run(
     body = await request.body() if changes else b""
 
     def job() -> Any:
-        actor = _authenticate(gw, header)
+        actor = parties.authenticate_bearer(gw, header, "http")
         raw_id = store_raw(gw, actor, content_type, body) if changes else None
         data = _parse_json(body, content_type) if json_body else None
         return work(_Call(gw, actor, data, raw_id))

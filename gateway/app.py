@@ -19,7 +19,17 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from adapters import http_api, ivr
+from adapters import (
+    edifact_channel,
+    http_agency,
+    http_api,
+    http_border,
+    ivr,
+    portal,
+    sftp_http,
+    soap,
+    xml_channel,
+)
 from gateway import db
 from gateway.context import Gateway
 from gateway.errors import GatewayError, Problem
@@ -142,7 +152,14 @@ def create_app(gw: Gateway) -> FastAPI:
     app.state.gateway = gw
     app.state.metrics = metrics = Metrics()
     app.include_router(http_api.router)
+    app.include_router(http_border.router)
+    app.include_router(http_agency.router)
+    app.include_router(edifact_channel.router)
+    app.include_router(xml_channel.router)
+    app.include_router(soap.router)
     app.include_router(ivr.router)
+    app.include_router(sftp_http.router)
+    app.include_router(portal.router)
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(_request: Request, exc: GatewayError) -> JSONResponse:

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from gateway import slots, tables
+from gateway import advance_notices, risk, slots, tables
 from gateway.context import Actor, Gateway, audit, iso_hk
 from gateway.errors import GatewayError, Problem
 from gateway.identifiers import ccrn_problem, normalise_vrn, vrn_problem
@@ -281,7 +281,9 @@ def bundle(
                 continue  # the bundle id was drawn twice
             row = conn.execute(select(_B).where(_B.c.bundle_id == bundle_id)).one()
             _attach(conn, gw, actor, row, wanted)
+            risk.reprofile(conn, gw, wanted, "BUNDLE")
             audit(conn, gw, actor, "bundle.create", "bundle", bundle_id, None, _jsonable(values))
+            advance_notices.enqueue(conn, gw, row)  # Immigration's advance notice, in this transaction
             return _view(conn, row)
     raise GatewayError.one("UNAVAILABLE", "could not create the bundle now; retry")
 
@@ -451,6 +453,7 @@ def add_ccrns(gw: Gateway, actor: Actor, bundle_id: str, ccrns: Any) -> dict[str
         if problems:
             raise GatewayError(problems)
         _attach(conn, gw, actor, row, new)
+        risk.reprofile(conn, gw, new, "BUNDLE")
         _reschedule(conn, gw, row, _earliest(gw, conn, new, gw.now()) if new else row.earliest_crossing)
         return _view(conn, conn.execute(select(_B).where(_B.c.bundle_id == row.bundle_id)).one())
 

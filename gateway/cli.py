@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -10,7 +11,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
@@ -19,6 +20,9 @@ from gateway import consignments, db, parties
 from gateway.config import Config, ConfigError, load_config
 from gateway.context import AGENCY_SCOPES, ROLES, Actor, Gateway
 from gateway.errors import GatewayError, catalogue_markdown
+
+if TYPE_CHECKING:
+    from adapters.immigration_client import ImmigrationClient
 
 CLI_OFFICER = Actor(None, "system", "cli")
 log = logging.getLogger("roadcargo")
@@ -56,6 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     gw = _gateway(args, migrate=True)  # serve sets up or upgrades the database first
+    immigration = gw.immigration = _immigration_client(gw)
     app = create_app(gw)
     stop = threading.Event()
     fastapi_app: Any = app
@@ -66,8 +71,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
             target=_background, args=(gw, stop), name="roadcargo-background", daemon=True
         )
         worker.start()
+        notices = threading.Thread(
+            target=_advance_notices,
+            args=(gw, immigration, stop),
+            name="roadcargo-advance-notices",
+            daemon=True,
+        )
+        notices.start()
+        sftp = _start_sftp(args, gw, app)
         yield
         stop.set()
+        sftp.stop()
         worker.join(timeout=5)
 
     fastapi_app.router.lifespan_context = lifespan
@@ -83,6 +97,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server.run()
     gw.engine.dispose()
     return 0 if server.started else 1
+
+
+def _start_sftp(args: argparse.Namespace, gw: Gateway, app: Any) -> Any:
+    """The SFTP channel: mailbox server, its worker and the [[sftp.pull]] pollers; in /metrics too."""
+    from adapters.sftp_keys import fingerprint
+    from adapters.sftp_service import DEFAULT_PORT, SftpService
+
+    port = args.sftp_port if args.sftp_port is not None else os.environ.get("ROADCARGO_SFTP_PORT")
+    sftp = SftpService(gw, args.host, DEFAULT_PORT if port in (None, "") else int(port))  # 0: any free port
+    problem = sftp.start()
+    app.state.metrics.registry.register(sftp.collector())
+    if problem is None and sftp.server is not None:
+        print(
+            f"SFTP mailbox on {args.host}:{sftp.server.port} "
+            f"(host key {fingerprint(sftp.server.host_key.asbytes())})",
+            flush=True,
+        )
+    return sftp
 
 
 def _uvicorn_server() -> Any:
@@ -111,6 +143,44 @@ def _background(gw: Gateway, stop: threading.Event, every: float = 60.0) -> None
         stop.wait(every)
 
 
+def _immigration_client(gw: Gateway) -> ImmigrationClient:
+    from adapters.immigration_client import ImmigrationClient
+
+    return ImmigrationClient(gw.config.immigration.url, gw.config.immigration.timeout_ms)
+
+
+def _advance_notices(
+    gw: Gateway, client: ImmigrationClient, stop: threading.Event, every: float = 1.0
+) -> None:
+    """Deliver Immigration's advance notices from the outbox; at once again while a batch was full.
+    The WSDL is loaded first, so that the first kiosk request does not pay for it."""
+    from gateway.advance_notices import deliver_due
+
+    client.warm()
+    while not stop.is_set():
+        pause = every
+        try:
+            sent = deliver_due(gw, client)
+            if sent.delivered:
+                log.info("delivered %d advance notices to Immigration", sent.delivered)
+            if sent.delivered + sent.failed >= 50 and not sent.failed:
+                pause = 0
+        except Exception:  # the outbox keeps every notice; the next round tries again
+            log.exception("advance notice delivery failed")
+        stop.wait(pause)
+
+
+def cmd_simulate_immigration(args: argparse.Namespace) -> int:
+    from adapters import immigration_sim
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        watchlist = immigration_sim.load_watchlist(args.watchlist)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the watchlist {args.watchlist}: {exc}") from None
+    return immigration_sim.run(args.host, args.port, watchlist, args.delay_ms, _uvicorn_server())
+
+
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     config = _config(args)
     engine = db.make_engine(_url(args, config))
@@ -123,8 +193,24 @@ def _print(data: Any, as_json: bool, text: Callable[[Any], str]) -> None:
     print(json.dumps(data, indent=None if as_json else 2) if as_json else text(data))
 
 
+def _ssh_key_text(path: str) -> str:
+    """A public key file's text, validated before anything is registered."""
+    from adapters.sftp_keys import parse_public_key
+
+    try:
+        with open(path, encoding="utf-8", errors="replace") as key_file:
+            text = key_file.read(65536)
+    except OSError as exc:
+        raise GatewayError.one(
+            "INVALID_VALUE", f"cannot read the SSH key file {path}: {exc.strerror}", "ssh_key"
+        ) from None
+    parse_public_key(text)
+    return text
+
+
 def cmd_party_add(args: argparse.Namespace) -> int:
     gw = _gateway(args)
+    ssh_key = _ssh_key_text(args.ssh_key) if args.ssh_key else None
     new = parties.add_party(
         gw,
         CLI_OFFICER,
@@ -134,10 +220,17 @@ def cmd_party_add(args: argparse.Namespace) -> int:
         scope=args.scope,
         control_point=args.control_point,
     )
+    registered = None
+    if ssh_key is not None:
+        from adapters.sftp_keys import register_ssh_key
+
+        registered = register_ssh_key(gw, CLI_OFFICER, new.party_id, ssh_key)
     if args.json:
-        print(json.dumps(new.as_dict()))
+        print(json.dumps({**new.as_dict(), **({"ssh_key": registered["fingerprint"]} if registered else {})}))
     else:
         print(f"party_id: {new.party_id}")
+        if registered:
+            print(f"ssh_key:  {registered['fingerprint']} (SFTP user name: {new.party_id})")
         print(f"api_key:  {new.api_key}")
         if new.pin:
             print(f"pin:      {new.pin}")
@@ -175,6 +268,27 @@ def cmd_key_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ssh_key_add(args: argparse.Namespace) -> int:
+    from adapters.sftp_keys import register_ssh_key
+
+    gw = _gateway(args)
+    key = register_ssh_key(gw, CLI_OFFICER, args.party, _ssh_key_text(args.file))
+    if args.json:
+        print(json.dumps(key))
+    else:
+        note = "registered" if key["created"] else "was already registered"
+        print(f"SSH key {key['fingerprint']} ({key['algorithm']}) {note} for party {args.party}")
+    return 0
+
+
+def cmd_sftp_status(args: argparse.Namespace) -> int:
+    from adapters.sftp_service import status, status_text
+
+    report = status(_gateway(args))
+    print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else status_text(report))
+    return 0
+
+
 def cmd_errors(args: argparse.Namespace) -> int:
     sys.stdout.write(catalogue_markdown())
     return 0
@@ -183,6 +297,100 @@ def cmd_errors(args: argparse.Namespace) -> int:
 def cmd_expire(args: argparse.Namespace) -> int:
     print(f"expired {consignments.expire_due(_gateway(args))} consignments")
     return 0
+
+
+def _ingest_actor(gw: Gateway, party_id: str) -> Actor:
+    """The party a file is ingested as, from the parties table: unknown or suspended is refused."""
+    from sqlalchemy import select
+
+    from gateway import tables
+
+    with gw.engine.connect() as conn:
+        parties_table = tables.parties
+        row = conn.execute(
+            select(parties_table.c.role, parties_table.c.status).where(parties_table.c.party_id == party_id)
+        ).first()
+    if row is None:
+        raise GatewayError.one("NOT_FOUND", f"no party {party_id}: register it with 'roadcargo party add'")
+    if row.status != "ACTIVE":
+        raise GatewayError.one("FORBIDDEN", f"party {party_id} is {row.status.lower()}: it may not file")
+    return Actor(party_id, row.role, "cli", row.status)
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    """Process EDIFACT (and XML) files as a party; write the replies next to them or into --out."""
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from adapters import edifact_channel
+
+    gw = _gateway(args)
+    actor = _ingest_actor(gw, args.party)
+    console = Console(stderr=True)
+    failed = 0
+    for name in args.files:
+        path = Path(name)
+        out_dir = Path(args.out) if args.out else path.parent
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            print(f"roadcargo: {name}: cannot read: {exc.strerror}", file=sys.stderr)
+            failed += 1
+            continue
+        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            if data[:4096].lstrip()[:1] == b"<":  # XML; looked for in the head only, not a copy of it all
+                try:
+                    from adapters.xml_channel import ingest_xml
+                except ImportError:
+                    print(f"roadcargo: {name}: XML ingest is not available in this version", file=sys.stderr)
+                    failed += 1
+                    continue
+                ack = ingest_xml(gw, dataclasses.replace(actor, channel="xml"), data)
+                (out_dir / f"{path.name}.ack.xml").write_bytes(ack)
+                print(f"{name}: acknowledgement {out_dir / (path.name + '.ack.xml')}")
+                continue
+            if len(data) >= 1_000_000:
+                with Progress(
+                    TextColumn("{task.description}"),
+                    BarColumn(),
+                    DownloadColumn(),
+                    TimeRemainingColumn(),
+                    console=console,
+                ) as bar:
+                    task = bar.add_task(path.name, total=len(data))
+                    result = edifact_channel.ingest(
+                        gw,
+                        actor,
+                        data,
+                        edifact_channel.MEDIA_TYPE,
+                        progress=lambda done, t=task: bar.update(t, completed=done),  # type: ignore[misc]
+                    )
+            else:
+                result = edifact_channel.ingest(gw, actor, data, edifact_channel.MEDIA_TYPE)
+        except GatewayError as exc:
+            for problem in exc.problems:
+                print(f"roadcargo: {name}: {problem.code}: {problem.message}", file=sys.stderr)
+            failed += 1
+            continue
+        contrl = out_dir / f"{path.name}.contrl.edi"
+        contrl.write_bytes(result.contrl)
+        written = [str(contrl)]
+        if result.cusres is not None:
+            cusres = out_dir / f"{path.name}.cusres.edi"
+            cusres.write_bytes(result.cusres)
+            written.append(str(cusres))
+        note = " (sent before: the stored replies)" if result.replayed else ""
+        for problem in result.problems:
+            print(f"roadcargo: {name}: {problem.code}: {problem.message}", file=sys.stderr)
+        print(
+            f"{name}: interchange {result.interchange_id}{note}: {result.messages} messages, "
+            f"{result.consignments} consignments, {result.accepted} accepted, "
+            f"{result.consignments - result.accepted} refused -> {', '.join(written)}"
+        )
+    return 1 if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--edi-id", action="append", help="an EDIFACT sender identifier (UNB 0004); repeatable")
     add.add_argument("--scope", choices=AGENCY_SCOPES, help="an agency's scope")
     add.add_argument("--control-point", help="the control point a kiosk is bound to")
+    add.add_argument("--ssh-key", metavar="FILE", help="an SSH public key (.pub) for the SFTP mailbox")
     add.add_argument("--json", action="store_true", help='print {"party_id", "api_key"} as JSON')
     add.set_defaults(func=cmd_party_add)
     show = party.add_parser("show", parents=[common], help="a party and its keys (hints only)")
@@ -238,10 +447,40 @@ def build_parser() -> argparse.ArgumentParser:
     krev.add_argument("key_id", type=int)
     krev.set_defaults(func=cmd_key_revoke)
 
+    ssh = party.add_parser("ssh-key", help="SSH keys for the SFTP mailbox").add_subparsers(
+        dest="ssh_key_command", required=True
+    )
+    sadd = ssh.add_parser("add", parents=[common], help="register an SSH public key (.pub) for a party")
+    sadd.add_argument("party")
+    sadd.add_argument("file", metavar="FILE")
+    sadd.add_argument("--json", action="store_true")
+    sadd.set_defaults(func=cmd_ssh_key_add)
+    sftp = sub.add_parser("sftp", help="the SFTP channel").add_subparsers(dest="sftp_command", required=True)
+    sstatus = sftp.add_parser(
+        "status", parents=[common], help="each mailbox and pull partner: waiting, last success, last error"
+    )
+    sstatus.add_argument("--json", action="store_true")
+    sstatus.set_defaults(func=cmd_sftp_status)
     sub.add_parser("errors", help="print the error catalogue (Markdown)").set_defaults(func=cmd_errors)
+    ingest = sub.add_parser(
+        "ingest", parents=[common], help="process EDIFACT/XML files as a party; writes the replies"
+    )
+    ingest.add_argument("files", nargs="+", metavar="FILE")
+    ingest.add_argument("--as", dest="party", required=True, metavar="PARTY_ID", help="the filing party")
+    ingest.add_argument("--out", help="directory for the replies (default: next to each input)")
+    ingest.set_defaults(func=cmd_ingest)
     sub.add_parser("expire", parents=[common], help="expire consignments not crossed in time").set_defaults(
         func=cmd_expire
     )
+    simulate = sub.add_parser("simulate", help="simulators of partner systems, for tests and demos")
+    sim = simulate.add_subparsers(dest="simulate_command", required=True).add_parser(
+        "immigration", help="a SOAP service implementing schemas/immigration.wsdl at /immigration"
+    )
+    sim.add_argument("--port", type=int, default=8091, help="HTTP port (default 8091)")
+    sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sim.add_argument("--watchlist", metavar="FILE", help="travel document numbers to refuse, one a line")
+    sim.add_argument("--delay-ms", type=int, default=0, help="delay every answer by this many ms")
+    sim.set_defaults(func=cmd_simulate_immigration)
     return parser
 
 

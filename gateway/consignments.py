@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from gateway import bundles, tables
+from gateway import bundles, risk, tables
 from gateway.clock import HONG_KONG
 from gateway.context import FILER_ROLES, SYSTEM, Actor, Gateway, audit, audit_values, iso_hk
 from gateway.errors import GatewayError
@@ -33,7 +33,8 @@ class Outcome:
     changed: bool
 
 
-def _require_filer(actor: Actor) -> None:
+def require_filer(actor: Actor) -> None:
+    """Only shippers, forwarders and service providers file cargo information, and only while active."""
     if actor.role not in FILER_ROLES:
         raise GatewayError.one("FORBIDDEN", f"a {actor.role} may not lodge or change cargo information")
     require_active(actor)
@@ -139,7 +140,7 @@ def submit(
     Batch channels (EDIFACT, XML, SFTP) call this with a few hundred actions at a time: one commit per
     batch is what makes bulk ingest fast, and a crash loses at most the batch not yet committed.
     """
-    _require_filer(actor)
+    require_filer(actor)
     prepared: list[tuple[Submission, CargoRecord | None, str | None] | GatewayError] = []
     for sub in submissions:
         try:
@@ -273,6 +274,7 @@ def _bulk_lodge(
         conn.execute(insert(_V), versions)
         conn.execute(insert(tables.events), events)
         conn.execute(insert(tables.audit_log), audits)
+        risk.profile_lodged(conn, gw, actor.party_id, [(c, r.data) for c, _v, r in fresh.values()])
 
 
 def _duplicate_reference(record: CargoRecord, ccrn: str) -> GatewayError:
@@ -367,6 +369,7 @@ def _lodge_in(
     row = _RowView(values)
     _event(conn, gw, "LODGED", row, "LODGED", 1)
     audit(conn, gw, actor, "consignment.lodge", "consignment", ccrn, None, {"version": 1, "status": "LODGED"})
+    risk.profile_lodged(conn, gw, actor.party_id, [(ccrn, record.data)])
     return Outcome(_view(conn, row, record.data), changed=True)
 
 
@@ -479,6 +482,7 @@ def _amend_in(
     }
     conn.execute(update(_C).where(_C.c.ccrn == ccrn).values(**changes))
     _insert_version(conn, gw, actor, ccrn, version, record, raw_id)
+    risk.reprofile(conn, gw, [ccrn], "AMEND")
     new = _RowView({**row._asdict(), **changes})
     _event(conn, gw, "AMENDED", new, new.status, sv)
     audit(

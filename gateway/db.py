@@ -58,7 +58,7 @@ def _alembic_config(engine: Engine) -> AlembicConfig:
 
 def upgrade(engine: Engine) -> None:
     """Bring the schema to the newest migration (``roadcargo db upgrade``)."""
-    command.upgrade(_alembic_config(engine), "heads")
+    command.upgrade(_alembic_config(engine), "head")
 
 
 def head_revisions() -> set[str]:

@@ -267,6 +267,14 @@ def authenticate(gw: Gateway, api_key: str, channel: str) -> Actor:
     return Actor(row.party_id, row.role, channel, row.status)
 
 
+def authenticate_bearer(gw: Gateway, authorization: str, channel: str) -> Actor:
+    """The party behind an HTTP ``Authorization: Bearer KEY`` header."""
+    scheme, _, key = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise GatewayError.one("UNAUTHORIZED", "send your API key as 'Authorization: Bearer KEY'")
+    return authenticate(gw, key.strip(), channel)
+
+
 def require_active(actor: Actor) -> None:
     if actor.status != "ACTIVE":
         raise GatewayError.one("FORBIDDEN", f"party {actor.party_id} is suspended; contact customs")

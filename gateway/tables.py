@@ -8,8 +8,10 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -176,6 +178,42 @@ settings = Table(
     Column("value", Text, nullable=False),
 )
 
+# EDIFACT channel
+# One row per inbound interchange. ``claim`` is the control reference while the row holds it (the first
+# interchange with that sender and reference), NULL for a refused duplicate, so the unique key allows
+# one claim per sender and reference and keeps every refused duplicate too.
+edifact_interchanges = Table(
+    "edifact_interchanges",
+    metadata,
+    Column("interchange_id", BigId, primary_key=True, autoincrement=True),
+    Column("raw_message_id", BigId, ForeignKey("raw_messages.message_id"), nullable=False),
+    Column("party_id", String(8), ForeignKey("parties.party_id"), nullable=False),
+    Column("sender", String(35), nullable=False),
+    Column("control_reference", String(14), nullable=False),
+    Column("claim", String(14)),
+    Column("sha256", String(64), nullable=False),
+    Column("syntax", String(6), nullable=False),  # e.g. UNOC:3
+    Column("status", String(12), nullable=False),  # PROCESSING, DONE, REJECTED, DUPLICATE
+    Column("messages", Integer, nullable=False, default=0),
+    Column("consignments", Integer, nullable=False, default=0),
+    Column("accepted", Integer, nullable=False, default=0),
+    Column("received_at", UtcDateTime, nullable=False),
+    Column("completed_at", UtcDateTime),
+    UniqueConstraint("sender", "claim", name="uq_edifact_interchanges_sender_claim"),
+    Index("ix_edifact_interchanges_sender_control_reference", "sender", "control_reference"),
+)
+
+# The replies to an interchange, stored before they are sent: CONTRL, then CUSRES when any.
+edifact_replies = Table(
+    "edifact_replies",
+    metadata,
+    Column("interchange_id", BigId, ForeignKey("edifact_interchanges.interchange_id"), primary_key=True),
+    Column("kind", String(8), primary_key=True),  # CONTRL, CUSRES
+    Column("control_reference", String(14), nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
 
 # Bundling (migration 0004_bundles) -------------------------------------------------------------------
 
@@ -216,4 +254,276 @@ slot_bookings = Table(
     Column("control_point", String(5), primary_key=True),
     Column("slot_start", UtcDateTime, primary_key=True),
     Column("booked", Integer, nullable=False),
+)
+
+# SFTP channel
+# SSH public keys a party logs in to its mailbox with; the fingerprint (OpenSSH SHA256 form) is unique,
+# so that one key never opens two parties' mailboxes.
+ssh_keys = Table(
+    "ssh_keys",
+    metadata,
+    Column("key_id", BigId, primary_key=True, autoincrement=True),
+    Column("party_id", String(8), ForeignKey("parties.party_id"), nullable=False, index=True),
+    Column("algorithm", String(40), nullable=False),
+    Column("public_key", Text, nullable=False),  # the base64 blob of the OpenSSH public key line
+    Column("fingerprint", String(60), nullable=False, unique=True),
+    Column("comment", String(200)),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("revoked_at", UtcDateTime),
+)
+
+# One row per file taken from a mailbox inbox or fetched from a partner's server. Its replies (DONE) or
+# the reason it failed (FAILED) are committed before anything is written to the outbox, and ``filed_at``
+# is set once the input has left the inbox: a crash in between writes the same replies again.
+sftp_files = Table(
+    "sftp_files",
+    metadata,
+    Column("file_id", BigId, primary_key=True, autoincrement=True),
+    Column("party_id", String(8), ForeignKey("parties.party_id"), nullable=False),
+    Column("source", String(110), nullable=False),  # "mailbox" or "pull:NAME"
+    Column("name", String(255), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("status", String(12), nullable=False),  # PROCESSING, DONE, FAILED, ABORTED
+    Column("attempts", Integer, nullable=False),
+    Column("error", Text),
+    Column("started_at", UtcDateTime, nullable=False),
+    Column("completed_at", UtcDateTime),
+    Column("filed_at", UtcDateTime),
+    Index("ix_sftp_files_party_id_source_name", "party_id", "source", "name"),
+)
+
+sftp_replies = Table(
+    "sftp_replies",
+    metadata,
+    Column("file_id", BigId, ForeignKey("sftp_files.file_id"), primary_key=True),
+    Column("suffix", String(20), primary_key=True),  # .contrl.edi, .cusres.edi, .ack.xml
+    Column("body", LargeBinary, nullable=False),
+)
+
+# The health of each polled partner server, shared with `roadcargo sftp status` in another process.
+sftp_pull_status = Table(
+    "sftp_pull_status",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("party_id", String(8), nullable=False),
+    Column("last_attempt_at", UtcDateTime),
+    Column("last_success_at", UtcDateTime),
+    Column("last_error_at", UtcDateTime),
+    Column("last_error", Text),
+    Column("consecutive_failures", Integer, nullable=False),
+    Column("files_fetched", BigInteger, nullable=False),
+)
+
+# Risk and clearance (migration 0006_risk_clearance) --------------------------------------------------
+
+# A risk profile as it stands now; every version of it is kept in risk_profile_versions. ``live_name``
+# is the name while the profile is active, NULL once retired: names are unique among active profiles.
+risk_profiles = Table(
+    "risk_profiles",
+    metadata,
+    Column("profile_id", BigId, primary_key=True, autoincrement=True),
+    Column("name", String(60), nullable=False),
+    Column("live_name", String(60), unique=True),
+    Column("version", Integer, nullable=False),
+    Column("weight", Integer, nullable=False),
+    Column("conditions", Text, nullable=False),  # JSON list of {field, op, values}
+    Column("status", String(10), nullable=False),  # ACTIVE, RETIRED
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+)
+
+risk_profile_versions = Table(
+    "risk_profile_versions",
+    metadata,
+    Column(
+        "profile_id", BigId, ForeignKey("risk_profiles.profile_id"), primary_key=True, autoincrement=False
+    ),
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("name", String(60), nullable=False),
+    Column("weight", Integer, nullable=False),
+    Column("conditions", Text, nullable=False),
+    Column("status", String(10), nullable=False),
+    Column("at", UtcDateTime, nullable=False),
+    Column("actor", String(8)),
+)
+
+# A CCRN, vehicle or party marked for inspection, or released from a profile's selection (all profiles'
+# and the random draw's when ``profile_id`` is NULL), until it expires or is revoked.
+risk_targets = Table(
+    "risk_targets",
+    metadata,
+    Column("target_id", BigId, primary_key=True, autoincrement=True),
+    Column("kind", String(8), nullable=False),  # CCRN, VEHICLE, PARTY
+    Column("value", String(12), nullable=False),
+    Column("action", String(8), nullable=False),  # INSPECT, RELEASE
+    Column("profile_id", BigInteger),
+    Column("reason", Text, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("created_by", String(8)),
+    Column("revoked_at", UtcDateTime),
+    Index("ix_risk_targets_kind_value", "kind", "value"),
+)
+
+# The latest profiling of each consignment version: the draw, the score, the profiles that hit, the
+# targets that applied, and why it was (not) selected. Officers only.
+risk_results = Table(
+    "risk_results",
+    metadata,
+    Column("ccrn", String(12), ForeignKey("consignments.ccrn"), primary_key=True),
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("profiled_at", UtcDateTime, nullable=False),
+    Column("trigger", String(16), nullable=False),  # LODGE, AMEND, BUNDLE, PROFILE, KIOSK
+    Column("vehicle", String(8)),
+    Column("draw", Float, nullable=False),
+    Column("score", Integer, nullable=False),
+    Column("hits", Text, nullable=False),
+    Column("targets", Text, nullable=False),
+    Column("selected", Boolean, nullable=False),
+    Column("why", Text, nullable=False),
+)
+
+offences = Table(
+    "offences",
+    metadata,
+    Column("offence_id", BigId, primary_key=True, autoincrement=True),
+    Column("at", UtcDateTime, nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("party_id", String(8), index=True),
+    Column("vehicle", String(8), index=True),
+    Column("ccrn", String(12)),
+    Column("bundle_id", String(12)),
+    Column("control_point", String(5)),
+    Column("details", Text),
+    Column("recorded_by", String(8)),  # the officer, or NULL when the gateway saw it itself
+)
+
+# One row per kiosk request and its decision. ``reasons`` are the generic ones the kiosk was given;
+# ``detail`` is the officers' view (profiles, targets, draws) and never leaves customs.
+clearances = Table(
+    "clearances",
+    metadata,
+    Column("clearance_id", BigId, primary_key=True, autoincrement=True),
+    Column("at", UtcDateTime, nullable=False),
+    Column("control_point", String(5), nullable=False),
+    Column("lane", String(10), nullable=False),
+    Column("vehicle", String(8), nullable=False),
+    Column("driver_document", String(35), nullable=False),
+    Column("requested_by", String(8)),
+    Column("bundle_id", String(12)),
+    Column("empty", Boolean, nullable=False),
+    Column("elock_id", String(35)),
+    Column("decision", String(10), nullable=False),
+    Column("reasons", Text, nullable=False),
+    Column("ccrns", Text, nullable=False),
+    Column("come_back_at", UtcDateTime),
+    Column("immigration", String(12)),
+    Column("late", Boolean, nullable=False),
+    Column("detail", Text, nullable=False),
+    Index("ix_clearances_vehicle_at", "vehicle", "at"),
+)
+
+inspections = Table(
+    "inspections",
+    metadata,
+    Column("inspection_id", BigId, primary_key=True, autoincrement=True),
+    Column("opened_at", UtcDateTime, nullable=False),
+    Column("origin", String(10), nullable=False),  # KIOSK, ELOCK
+    Column("clearance_id", BigInteger),
+    Column("control_point", String(5), nullable=False),
+    Column("vehicle", String(8)),
+    Column("bundle_id", String(12)),
+    Column("empty", Boolean, nullable=False),
+    Column("ccrns", Text, nullable=False),
+    Column("selection", Text, nullable=False),  # officers' view of why
+    Column("status", String(10), nullable=False),  # OPEN, RELEASED, HELD
+    Column("closed_at", UtcDateTime),
+    Column("closed_by", String(8)),
+    Column("findings", Text),
+    Index("ix_inspections_status_opened_at", "status", "opened_at"),
+)
+
+# Intermodal transhipment (design section 5): the first control point's record and e-lock, then the
+# second's confirmation.
+transhipments = Table(
+    "transhipments",
+    metadata,
+    Column("ccrn", String(12), ForeignKey("consignments.ccrn"), primary_key=True),
+    Column("mode", String(12), nullable=False),  # LAND_TO_AIR, AIR_TO_LAND
+    Column("first_point", String(5), nullable=False),
+    Column("second_point", String(5)),  # a land control point not yet known: NULL
+    Column("elock_id", String(35)),
+    Column("first_decision", String(10), nullable=False),  # RELEASED, INSPECTED
+    Column("first_at", UtcDateTime, nullable=False),
+    Column("status", String(12), nullable=False),  # IN_TRANSIT, CONFIRMED, INSPECTION
+    Column("second_at", UtcDateTime),
+    Column("intact", Boolean),
+    Index("ix_transhipments_status_first_at", "status", "first_at"),
+)
+
+# Immigration and agencies (migration 0007_immigration) -----------------------------------------------
+# The durable outbox of advance notices to Immigration: written in the bundle's transaction, delivered by
+# a background worker (gateway/advance_notices.py); ``next_attempt_at`` is also the claim's lease.
+immigration_outbox = Table(
+    "immigration_outbox",
+    metadata,
+    Column("notice_id", BigId, primary_key=True, autoincrement=True),
+    Column("bundle_id", String(12), ForeignKey("bundles.bundle_id"), nullable=False, index=True),
+    Column("vehicle", String(8), nullable=False),
+    Column("driver_id", String(8), nullable=False),
+    Column("control_point", String(5), nullable=False),
+    Column("direction", String(6), nullable=False),
+    Column("slot_start", UtcDateTime, nullable=False),
+    Column("slot_end", UtcDateTime, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("next_attempt_at", UtcDateTime, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("delivered_at", UtcDateTime),
+    Column("last_error", Text),
+    Index("ix_immigration_outbox_delivered_at_next_attempt_at", "delivered_at", "next_attempt_at"),
+)
+
+# Portal (migration 0008_portal) ----------------------------------------------------------------------
+# A login session of the web portal. The cookie holds a random token; only its SHA-256 is stored, so a
+# copy of the database opens no session. Logging out deletes the row.
+portal_sessions = Table(
+    "portal_sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("party_id", String(8), ForeignKey("parties.party_id"), nullable=False, index=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+)
+
+# A password a party sets for the portal (scrypt with a random salt), as an alternative to its API key.
+portal_passwords = Table(
+    "portal_passwords",
+    metadata,
+    Column("party_id", String(8), ForeignKey("parties.party_id"), primary_key=True),
+    Column("salt", String(32), nullable=False),
+    Column("password_hash", String(128), nullable=False),
+    Column("set_at", UtcDateTime, nullable=False),
+    # Wrong passwords in a row, and until when password logins are refused (the API key still works).
+    Column("failures", Integer, nullable=False, server_default="0"),
+    Column("locked_until", UtcDateTime),
+)
+
+# An application to register as a party, made by anyone (portal or API) and decided by an officer.
+registration_applications = Table(
+    "registration_applications",
+    metadata,
+    Column("application_id", BigId, primary_key=True, autoincrement=True),
+    Column("role", String(20), nullable=False),
+    Column("name", String(140), nullable=False),
+    Column("contact", String(140), nullable=False),
+    Column("business_id", String(35)),
+    Column("channel", String(10), nullable=False),
+    Column("status", String(10), nullable=False),  # PENDING, APPROVED, REJECTED
+    Column("submitted_at", UtcDateTime, nullable=False),
+    Column("decided_at", UtcDateTime),
+    Column("decided_by", String(8)),
+    Column("party_id", String(8)),
+    Column("reason", String(350)),
+    Index("ix_registration_applications_status_submitted_at", "status", "submitted_at"),
 )

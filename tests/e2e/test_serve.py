@@ -2,81 +2,37 @@
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 from datetime import date, timedelta
-from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import create_engine
 
 from gateway.identifiers import damm_digit
+from tests.conftest import _truncate
+from tests.e2e.conftest import ROADCARGO, start_gateway
 from tests.factories import record
-
-ROADCARGO = str(Path(sys.executable).with_name("roadcargo"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([ROADCARGO, *args], env=env, capture_output=True, text=True, timeout=60)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.pg)])
 def served(request, tmp_path):
-    """A gateway process on a free port, on a fresh SQLite file or a fresh PostgreSQL database."""
-    env = {**os.environ, "ROADCARGO_CONFIG": str(tmp_path / "gateway.toml")}
-    (tmp_path / "gateway.toml").write_text(f'[server]\ndata_dir = "{tmp_path / "var"}"\n')
+    """A gateway process on a free port, on a fresh SQLite file or the run's PostgreSQL database
+    emptied (serve must still find its schema current)."""
+    db_url = None
     if request.param == "postgresql":
-        env["ROADCARGO_DB"] = request.getfixturevalue("pg_database")
-        from sqlalchemy import create_engine
-
-        from tests.conftest import _truncate  # an emptied database: serve must still find it current
-
-        engine = create_engine(env["ROADCARGO_DB"])
+        db_url = request.getfixturevalue("pg_database")
+        engine = create_engine(db_url)
         _truncate(engine)
         engine.dispose()
-    port = free_port()
-    proc = subprocess.Popen(
-        [ROADCARGO, "serve", "--http-port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-        if proc.poll() is not None:
-            pytest.fail(f"roadcargo serve exited: {proc.stdout.read() if proc.stdout else ''}")
-    else:
-        proc.kill()
-        pytest.fail("roadcargo serve did not answer /healthz within 30 s")
-    yield base, env, proc
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    with start_gateway(tmp_path, db_url=db_url) as server:
+        yield server
 
 
 def test_readme_quick_start_over_real_http(served):
-    base, env, proc = served
-    added = run_cli("party", "add", "--role", "forwarder", "--name", "ACME Freight", "--json", env=env)
-    assert added.returncode == 0, added.stderr
-    creds = json.loads(added.stdout)
+    base, proc = served.url, served.process
+    creds = served.add_party("forwarder", "ACME Freight")
     auth = {"Authorization": f"Bearer {creds['api_key']}"}
 
     tomorrow = (date.today() + timedelta(days=1)).isoformat()
@@ -95,16 +51,17 @@ def test_readme_quick_start_over_real_http(served):
 
     # SIGTERM stops it cleanly.
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=20)
+    proc.wait(timeout=20)
+    out = served.log.read_text()
     assert proc.returncode == 0
     assert "Finished server process" in out
     assert creds["api_key"] not in out  # keys never reach the logs
 
 
 def test_suspended_party_over_real_http(served):
-    base, env, _proc = served
-    creds = json.loads(run_cli("party", "add", "--role", "shipper", "--name", "S", "--json", env=env).stdout)
-    assert run_cli("party", "suspend", creds["party_id"], env=env).returncode == 0
+    base = served.url
+    creds = served.add_party("shipper", "S")
+    assert served.cli("party", "suspend", creds["party_id"]).returncode == 0
     tomorrow = (date.today() + timedelta(days=1)).isoformat()
     r = httpx.post(
         f"{base}/api/v1/consignments",

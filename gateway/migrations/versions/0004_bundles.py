@@ -1,7 +1,7 @@
 """bundling: bundles, their items, slot bookings; consignments.bundle_id
 
 Revision ID: 0004_bundles
-Revises: 0001
+Revises: 0003_sftp
 Create Date: 2026-11-26
 """
 
@@ -11,7 +11,7 @@ from alembic import op
 import gateway.tables
 
 revision = "0004_bundles"
-down_revision = "0001"
+down_revision = "0003_sftp"
 branch_labels = None
 depends_on = None
 
