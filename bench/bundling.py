@@ -15,37 +15,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import random
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from datetime import date
 from pathlib import Path
 
 import httpx
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.harness import free_port, machine, storages  # noqa: E402
 from gateway import consignments, db, parties  # noqa: E402
 from gateway.clock import HONG_KONG, Clock  # noqa: E402
 from gateway.context import SYSTEM, Gateway  # noqa: E402
 
 CONTROL_POINTS = ["LMC", "MKT", "STK", "SBC", "HYW", "HZM"]
 LETTERS = "ABCDEFGHJKLMNPRSTUVWXYZ"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _record(ref: str, cp: str, day: str) -> dict[str, object]:
@@ -160,7 +149,7 @@ async def _run(base: str, keys: list[str], plan: list[list[tuple[str, str, list[
 
 def bench(label: str, url: str, bundles: int, clients: int, workdir: Path) -> dict[str, object]:
     keys, plan = _prepare(url, bundles, clients)
-    port = _free_port()
+    port = free_port()
     cfg = workdir / f"{label}.toml"
     cfg.write_text(f'[server]\ndata_dir = "{workdir / label}"\n')
     env = {**os.environ, "ROADCARGO_DB": url, "ROADCARGO_CONFIG": str(cfg)}
@@ -197,43 +186,23 @@ def main() -> None:
     parser.add_argument("--skip-sqlite", action="store_true")
     args = parser.parse_args()
     print(f"# bundling over HTTP, {args.clients} clients, {args.bundles} bundles")
-    print(
-        f"# {date.today()}, {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        runs: list[tuple[str, str]] = []
-        if not args.skip_sqlite:
-            runs.append(("sqlite", f"sqlite:///{Path(tmp) / 'bench.db'}"))
-        admin = None
-        name = f"roadcargo_bench_{uuid.uuid4().hex[:8]}"
-        if args.pg:
-            admin = create_engine(args.pg, isolation_level="AUTOCOMMIT")
-            with admin.connect() as conn:
-                conn.execute(text(f'CREATE DATABASE "{name}"'))
-            runs.append(
-                ("postgresql", make_url(args.pg).set(database=name).render_as_string(hide_password=False))
-            )
-        try:
+    print(f"# {machine()}")
+    with tempfile.TemporaryDirectory() as tmp, storages(Path(tmp), args.pg, args.skip_sqlite) as runs:
+        print(
+            "| storage | bundles/s | p50 ms | p99 ms | /healthz/s | /healthz p99 ms "
+            "| throughput vs /healthz | errors |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
+        for label, url in runs:
+            r = bench(label, url, args.bundles, args.clients, Path(tmp))
             print(
-                "| storage | bundles/s | p50 ms | p99 ms | /healthz/s | /healthz p99 ms "
-                "| throughput vs /healthz | errors |"
+                f"| {label} | {r['bundles_per_s']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+                f"{r['health_per_s']:.0f} | {r['health_p99_ms']:.1f} | "
+                f"{r['bundles_per_s'] / r['health_per_s']:.2f}x | {len(r['errors'])} |",  # type: ignore[operator]
+                flush=True,
             )
-            print("|---|---|---|---|---|---|---|---|")
-            for label, url in runs:
-                r = bench(label, url, args.bundles, args.clients, Path(tmp))
-                print(
-                    f"| {label} | {r['bundles_per_s']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-                    f"{r['health_per_s']:.0f} | {r['health_p99_ms']:.1f} | "
-                    f"{r['bundles_per_s'] / r['health_per_s']:.2f}x | {len(r['errors'])} |",  # type: ignore[operator]
-                    flush=True,
-                )
-                for e in r["errors"][:5]:  # type: ignore[index]
-                    print(f"  error: {e}")
-        finally:
-            if admin is not None:
-                with admin.connect() as conn:
-                    conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-                admin.dispose()
+            for e in r["errors"][:5]:  # type: ignore[index]
+                print(f"  error: {e}")
 
 
 if __name__ == "__main__":

@@ -18,25 +18,20 @@ import argparse
 import asyncio
 import collections
 import os
-import platform
 import random
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from datetime import date
 from pathlib import Path
 
 import httpx
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.harness import free_port, machine, storages, wait_until_up  # noqa: E402
 from gateway import bundles, consignments, db, parties  # noqa: E402
 from gateway.clock import HONG_KONG, Clock  # noqa: E402
 from gateway.config import load_config  # noqa: E402
@@ -45,12 +40,6 @@ from gateway.context import SYSTEM, Gateway  # noqa: E402
 CONTROL_POINTS = ["LMC", "MKT", "STK", "SBC", "HYW", "HZM"]
 LETTERS = "ABCDEFGHJKLMNPRSTUVWXYZ"
 Work = list[tuple[str, str]]  # per kiosk: (vehicle, driver document)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _record(ref: str, cp: str, day: str) -> dict[str, object]:
@@ -182,19 +171,9 @@ async def _run(base: str, keys: list[str], points: list[str], plan: list[Work]) 
     }
 
 
-def _wait(url: str, label: str) -> None:
-    for _ in range(150):
-        try:
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise SystemExit(f"{label} did not start")
-
-
 def bench(label: str, url: str, decisions: int, kiosks: int, workdir: Path) -> dict[str, object]:
     roadcargo = str(Path(sys.executable).with_name("roadcargo"))
-    sim_port, port = _free_port(), _free_port()
+    sim_port, port = free_port(), free_port()
     cfg = workdir / f"{label}.toml"
     _config(cfg, workdir / label, sim_port)
     keys, points, plan = _prepare(url, cfg, decisions, kiosks)
@@ -212,9 +191,9 @@ def bench(label: str, url: str, decisions: int, kiosks: int, workdir: Path) -> d
         stderr=subprocess.DEVNULL,
     )
     try:
-        _wait(f"http://127.0.0.1:{sim_port}/immigration?wsdl", "the Immigration simulator")
+        wait_until_up(f"http://127.0.0.1:{sim_port}/immigration?wsdl", "the Immigration simulator")
         base = f"http://127.0.0.1:{port}"
-        _wait(f"{base}/healthz", "the gateway")
+        wait_until_up(f"{base}/healthz", "the gateway")
         return asyncio.run(_run(base, keys, points, plan))
     finally:
         for p in (proc, sim):
@@ -235,44 +214,24 @@ def main() -> None:
         f"# kiosk decisions over HTTP, Immigration simulator answering, {args.kiosks} kiosks, "
         f"{args.decisions} trucks"
     )
-    print(
-        f"# {date.today()}, {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        runs: list[tuple[str, str]] = []
-        if not args.skip_sqlite:
-            runs.append(("sqlite", f"sqlite:///{Path(tmp) / 'bench.db'}"))
-        admin = None
-        name = f"roadcargo_bench_{uuid.uuid4().hex[:8]}"
-        if args.pg:
-            admin = create_engine(args.pg, isolation_level="AUTOCOMMIT")
-            with admin.connect() as conn:
-                conn.execute(text(f'CREATE DATABASE "{name}"'))
-            runs.append(
-                ("postgresql", make_url(args.pg).set(database=name).render_as_string(hide_password=False))
-            )
-        try:
+    print(f"# {machine()}")
+    with tempfile.TemporaryDirectory() as tmp, storages(Path(tmp), args.pg, args.skip_sqlite) as runs:
+        print(
+            "| storage | decisions/s | p50 ms | p99 ms | /healthz/s | /healthz p99 ms | vs /healthz "
+            "| errors |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
+        for label, url in runs:
+            r = bench(label, url, args.decisions, args.kiosks, Path(tmp))
             print(
-                "| storage | decisions/s | p50 ms | p99 ms | /healthz/s | /healthz p99 ms | vs /healthz "
-                "| errors |"
+                f"| {label} | {r['per_s']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+                f"{r['health_per_s']:.0f} | {r['health_p99_ms']:.1f} | "
+                f"{r['per_s'] / r['health_per_s']:.2f}x | {len(r['errors'])} |",  # type: ignore[operator]
+                flush=True,
             )
-            print("|---|---|---|---|---|---|---|---|")
-            for label, url in runs:
-                r = bench(label, url, args.decisions, args.kiosks, Path(tmp))
-                print(
-                    f"| {label} | {r['per_s']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-                    f"{r['health_per_s']:.0f} | {r['health_p99_ms']:.1f} | "
-                    f"{r['per_s'] / r['health_per_s']:.2f}x | {len(r['errors'])} |",  # type: ignore[operator]
-                    flush=True,
-                )
-                print(f"  decisions: {r['mix']}")
-                for e in r["errors"][:5]:  # type: ignore[index]
-                    print(f"  error: {e}")
-        finally:
-            if admin is not None:
-                with admin.connect() as conn:
-                    conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-                admin.dispose()
+            print(f"  decisions: {r['mix']}")
+            for e in r["errors"][:5]:  # type: ignore[index]
+                print(f"  error: {e}")
 
 
 if __name__ == "__main__":
