@@ -108,9 +108,18 @@ def parse_xml(data: bytes, max_bytes: int) -> etree._Element:
     docinfo = root.getroottree().docinfo
     if docinfo.internalDTD is not None or docinfo.doctype:
         raise GatewayError.one("XML_FORBIDDEN", "DTDs are not accepted")
-    if root.xpath(f"boolean({_TOO_DEEP})"):
+    if _too_deep()(root):
         raise GatewayError.one("XML_FORBIDDEN", f"the document is nested more than {MAX_DEPTH} levels deep")
     return root
+
+
+def _too_deep() -> etree.XPath:
+    """The depth check compiled once per thread (like the schema, a compiled XPath is not shared
+    between threads)."""
+    compiled: etree.XPath | None = getattr(_local, "too_deep", None)
+    if compiled is None:
+        compiled = _local.too_deep = etree.XPath(f"boolean({_TOO_DEEP})")
+    return compiled
 
 
 # -- the schema ------------------------------------------------------------------------------------
@@ -268,11 +277,17 @@ def _at(consignment: etree._Element, problem: Problem) -> Located:
     return Located(problem, element.sourceline, xml_path(element))
 
 
+_CONSIGNMENT = q("Consignment")
+_CCRN = q("Ccrn")
+_RECORD = q("Record")
+_REFERENCE = f"{_RECORD}/{q('SubmitterReference')}"
+
+
 def _submission(element: etree._Element) -> Submission:
     """A schema-valid Consignment as a service action; the rules XSD 1.0 cannot state are here."""
     action = str(element.get("action"))
-    ccrn_element = element.find(q("Ccrn"))
-    record = element.find(q("Record"))
+    ccrn_element = element.find(_CCRN)
+    record = element.find(_RECORD)
     ccrn = (ccrn_element.text or "").strip() if ccrn_element is not None else None
     if action == "lodge" and ccrn is not None:
         raise GatewayError.one(
@@ -292,12 +307,12 @@ def process(
     gw: Gateway, actor: Actor, root: etree._Element, raw_message_id: int | None
 ) -> tuple[list[ConsignmentResult], list[Located]]:
     """Validate, map and submit the consignments of a CargoInformation element, in batches."""
-    consignments = [c for c in root if c.tag == q("Consignment")]
+    consignments = [c for c in root if c.tag == _CONSIGNMENT]
     outside, invalid = schema_errors(root, consignments)
     results: list[ConsignmentResult] = []
     pending: list[tuple[ConsignmentResult, etree._Element, Submission]] = []
     for i, element in enumerate(consignments):
-        reference = element.findtext(f"{q('Record')}/{q('SubmitterReference')}")
+        reference = element.findtext(_REFERENCE)
         result = ConsignmentResult(i + 1, element.get("action"), reference and reference.strip())
         results.append(result)
         if i in invalid:

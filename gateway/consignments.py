@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from gateway import bundles, risk, tables
@@ -40,10 +40,10 @@ def require_filer(actor: Actor) -> None:
     require_active(actor)
 
 
-def _check_window(gw: Gateway, record: CargoRecord) -> None:
+def _check_window(gw: Gateway, record: CargoRecord, now: datetime | None = None) -> None:
     """Expected crossing no more than the window ahead, and its date not before today (HK time)."""
     start, _end = record.crossing_window()
-    now = gw.now()
+    now = gw.now() if now is None else now
     days = gw.config.rules.lodgement_window_days
     if start.astimezone(HONG_KONG).date() < now.astimezone(HONG_KONG).date():
         raise GatewayError.one(
@@ -63,6 +63,14 @@ def _check_window(gw: Gateway, record: CargoRecord) -> None:
 def _view(conn: Connection, row: Any, record: Any = None) -> dict[str, Any]:
     if record is None:
         record = _record_at(conn, row.ccrn, row.version)
+    bundle = bundles.summary_for_filer(conn, row.bundle_id) if row.bundle_id else None
+    return _shape(row, record, iso_hk(row.lodged_at), iso_hk(row.amended_at), iso_hk(row.updated_at), bundle)
+
+
+def _shape(
+    row: Any, record: Any, lodged: str | None, amended: str | None, updated: str | None, bundle: Any
+) -> dict[str, Any]:
+    """A consignment as its filer sees it."""
     return {
         "ccrn": row.ccrn,
         "version": row.version,
@@ -70,10 +78,10 @@ def _view(conn: Connection, row: Any, record: Any = None) -> dict[str, Any]:
         "status_version": row.status_version,
         "filer": row.filer_id,
         "submitter_reference": row.submitter_reference,
-        "lodged_at": iso_hk(row.lodged_at),
-        "amended_at": iso_hk(row.amended_at),
-        "updated_at": iso_hk(row.updated_at),
-        "bundle": bundles.summary_for_filer(conn, row.bundle_id) if row.bundle_id else None,
+        "lodged_at": lodged,
+        "amended_at": amended,
+        "updated_at": updated,
+        "bundle": bundle,
         "record": record,
     }
 
@@ -138,45 +146,64 @@ def submit(
     consignment never stops the others. Returns, in order, each action's outcome or its errors.
 
     Batch channels (EDIFACT, XML, SFTP) call this with a few hundred actions at a time: one commit per
-    batch is what makes bulk ingest fast, and a crash loses at most the batch not yet committed.
+    batch is what makes bulk ingest fast, and a crash loses at most the batch not yet committed. The
+    lodgements of a batch go first, all together (one query for known references, one multi-row insert
+    per table, one profiling run); should that meet a unique key (a CCRN drawn twice, a reference lodged
+    concurrently), the transaction is rolled back and the batch is carried out one action at a time.
     """
     require_filer(actor)
+    now = gw.now()
     prepared: list[tuple[Submission, CargoRecord | None, str | None] | GatewayError] = []
     for sub in submissions:
         try:
-            prepared.append(_prepare(gw, sub))
+            prepared.append(_prepare(gw, sub, now))
         except GatewayError as exc:
             prepared.append(exc)
-    for attempt in range(3):
+    lodges = [
+        (i, item[1])
+        for i, item in enumerate(prepared)
+        if not isinstance(item, GatewayError) and item[0].action == "lodge" and item[1] is not None
+    ]
+    bulk = bool(lodges)
+    deadlocks = 0
+    while True:
         try:
             with gw.engine.begin() as conn:
                 results: list[Outcome | GatewayError | None] = [
                     item if isinstance(item, GatewayError) else None for item in prepared
                 ]
-                lodges = [
-                    (i, item[1])
-                    for i, item in enumerate(prepared)
-                    if not isinstance(item, GatewayError)
-                    and item[0].action == "lodge"
-                    and item[1] is not None
-                ]
-                try:
-                    with conn.begin_nested():
+                if bulk:
+                    try:
                         _bulk_lodge(conn, gw, actor, lodges, results, raw_message_id)
-                except IntegrityError:
-                    # A CCRN drawn twice or a reference lodged concurrently: one at a time, with retries.
-                    for i, _record in lodges:
-                        results[i] = None
+                    except IntegrityError as exc:
+                        # Nothing but the bulk lodgement ran in this transaction yet: roll it back
+                        # and go one at a time (with a savepoint and retries each).
+                        raise _OneByOne from exc
                 for i, item in enumerate(prepared):
                     if results[i] is None and not isinstance(item, GatewayError):
                         results[i] = _apply(conn, gw, actor, *item, raw_message_id)
                 return [r for r in results if r is not None]
+        except _OneByOne:
+            bulk = False
         except DBAPIError as exc:
             # PostgreSQL may pick this batch as a deadlock victim against another batch: nothing of it
             # was committed, so it is simply run again.
-            if getattr(exc.orig, "sqlstate", None) not in ("40P01", "40001") or attempt == 2:
+            deadlocks += 1
+            if getattr(exc.orig, "sqlstate", None) not in ("40P01", "40001") or deadlocks == 3:
                 raise
-    raise AssertionError("unreachable")
+
+
+class _OneByOne(Exception):
+    """The bulk lodgement of a batch met a unique key: roll back, then one action at a time."""
+
+
+_KNOWN_REFERENCES = select(_C).where(
+    _C.c.filer_id == bindparam("filer"), _C.c.live_reference.in_(bindparam("refs", expanding=True))
+)
+_INSERT_CONSIGNMENTS = insert(_C)
+_INSERT_VERSIONS = insert(_V)
+_INSERT_EVENTS = insert(tables.events)
+_INSERT_AUDIT = insert(tables.audit_log)
 
 
 def _bulk_lodge(
@@ -190,22 +217,27 @@ def _bulk_lodge(
     """Lodge many records with one query for known references and one multi-row insert per table."""
     if not lodges:
         return
-    assert actor.party_id is not None
+    filer = actor.party_id
+    assert filer is not None
     refs = sorted({record.submitter_reference for _i, record in lodges})
     existing: dict[str, Any] = {}
     for start in range(0, len(refs), 500):
-        chunk = refs[start : start + 500]
-        for row in conn.execute(
-            select(_C).where(_C.c.filer_id == actor.party_id, _C.c.live_reference.in_(chunk))
-        ):
+        for row in conn.execute(_KNOWN_REFERENCES, {"filer": filer, "refs": refs[start : start + 500]}):
             existing[row.live_reference] = row
     now = gw.now()
+    shown_now = iso_hk(now)
     fresh: dict[str, tuple[str, dict[str, Any], CargoRecord]] = {}  # reference -> lodged in this batch
     drawn: set[str] = set()
     rows: list[dict[str, Any]] = []
     versions: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
     audits: list[dict[str, Any]] = []
+    # What every row of the batch shares, worked out once.
+    audit_row = audit_values(
+        gw, actor, "consignment.lodge", "consignment", "", None, {"version": 1, "status": "LODGED"}
+    )
+    event_row = {"at": now, "type": "LODGED", "vehicle": None, "status": "LODGED", "status_version": 1}
+    event_data: dict[tuple[str, str | None], str] = {}
     for i, record in lodges:
         ref = record.submitter_reference
         digest = record.content_hash()
@@ -230,13 +262,14 @@ def _bulk_lodge(
         while ccrn in drawn:
             ccrn = new_ccrn()
         drawn.add(ccrn)
+        direction, control_point = record.direction, record.control_point
         values = {
             "ccrn": ccrn,
-            "filer_id": actor.party_id,
+            "filer_id": filer,
             "submitter_reference": ref,
             "live_reference": ref,
-            "direction": record.direction,
-            "control_point": record.control_point,
+            "direction": direction,
+            "control_point": control_point,
             "status": "LODGED",
             "status_version": 1,
             "version": 1,
@@ -261,20 +294,22 @@ def _bulk_lodge(
                 "raw_message_id": raw_id,
             }
         )
-        row_view = _RowView(values)
-        events.append(_event_values(gw, "LODGED", row_view, "LODGED", 1))
-        audits.append(
-            audit_values(
-                gw, actor, "consignment.lodge", "consignment", ccrn, None, {"version": 1, "status": "LODGED"}
+        data = event_data.get((direction, control_point))
+        if data is None:
+            data = event_data[(direction, control_point)] = json.dumps(
+                {"direction": direction, "control_point": control_point}
             )
+        events.append({**event_row, "ccrn": ccrn, "data": data})
+        audits.append({**audit_row, "entity_id": ccrn})
+        results[i] = Outcome(
+            _shape(_RowView(values), record.data, shown_now, shown_now, shown_now, None), changed=True
         )
-        results[i] = Outcome(_view(conn, row_view, record.data), changed=True)
     if rows:
-        conn.execute(insert(_C), rows)
-        conn.execute(insert(_V), versions)
-        conn.execute(insert(tables.events), events)
-        conn.execute(insert(tables.audit_log), audits)
-        risk.profile_lodged(conn, gw, actor.party_id, [(c, r.data) for c, _v, r in fresh.values()])
+        conn.execute(_INSERT_CONSIGNMENTS, rows)
+        conn.execute(_INSERT_VERSIONS, versions)
+        conn.execute(_INSERT_EVENTS, events)
+        conn.execute(_INSERT_AUDIT, audits)
+        risk.profile_lodged(conn, gw, filer, [(c, r.data) for c, _v, r in fresh.values()])
 
 
 def _duplicate_reference(record: CargoRecord, ccrn: str) -> GatewayError:
@@ -286,7 +321,9 @@ def _duplicate_reference(record: CargoRecord, ccrn: str) -> GatewayError:
     )
 
 
-def _prepare(gw: Gateway, sub: Submission) -> tuple[Submission, CargoRecord | None, str | None]:
+def _prepare(
+    gw: Gateway, sub: Submission, now: datetime
+) -> tuple[Submission, CargoRecord | None, str | None]:
     """Everything that needs no database: the CCRN's check digit first, then the record's rules."""
     if sub.action not in ("lodge", "amend", "cancel"):
         raise GatewayError.one("INVALID_VALUE", f"unknown action {sub.action!r}", "action")
@@ -294,7 +331,7 @@ def _prepare(gw: Gateway, sub: Submission) -> tuple[Submission, CargoRecord | No
     record = None if sub.action == "cancel" else validate_record(sub.record, gw.config.control_points)
     if sub.action == "lodge":
         assert record is not None
-        _check_window(gw, record)
+        _check_window(gw, record, now)
     return sub, record, ccrn
 
 
@@ -516,7 +553,11 @@ def get(gw: Gateway, actor: Actor, ccrn: Any) -> dict[str, Any]:
     with gw.engine.begin() as conn:
         row = _load_for(conn, actor, ccrn)
         if expiry_due(gw, row):
-            row = _set_status(conn, gw, SYSTEM, row, "EXPIRED", "EXPIRED")
+            # Expire under the row lock, re-checked: the sweep (or another reader) may have expired it
+            # between the read and now, and a second expiry would repeat its event and status_version.
+            row = _load_for(conn, actor, ccrn, lock=True)
+            if expiry_due(gw, row):
+                row = _set_status(conn, gw, SYSTEM, row, "EXPIRED", "EXPIRED")
         return _view(conn, row)
 
 

@@ -38,7 +38,7 @@ _SPACES = re.compile(r"[\s]+")
 
 def new_ccrn() -> str:
     """Eleven cryptographically random digits and the Damm check digit."""
-    body = "".join(secrets.choice("0123456789") for _ in range(CCRN_LENGTH - 1))
+    body = f"{secrets.randbelow(10 ** (CCRN_LENGTH - 1)):0{CCRN_LENGTH - 1}d}"
     return body + str(damm_digit(body))
 
 

@@ -31,6 +31,11 @@ from gateway.identifiers import (
 
 _INVALID = object()  # a value that failed its check; its problem is already recorded
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
+_HS_SEPARATORS = re.compile(r"[\s.]")
+_HS_CODE = re.compile(r"[0-9]{6}([0-9]{2})?")
+_CONTAINER_SEPARATORS = re.compile(r"[\s-]")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 @dataclass
@@ -69,8 +74,15 @@ class Text(Kind):
     def check(self, value: Any, path: str, ctx: Context) -> Any:
         if not isinstance(value, str):
             return ctx.add("INVALID_VALUE", path, f"must be text, not {_type_name(value)}")
-        text = " ".join(value.split()) if "\n" not in value else value.strip()
-        if _CONTROL_CHARS.search(text.replace("\n", "")):
+        # Runs of white space become one space, except in text of several lines. Control characters
+        # other than line breaks are refused (isprintable() is the fast way to know there are none).
+        if "\n" in value:
+            text = value.strip()
+            control = _CONTROL_BUT_NEWLINE.search(text)
+        else:
+            text = " ".join(value.split())
+            control = None if text.isprintable() else _CONTROL_CHARS.search(text)
+        if control:
             return ctx.add("INVALID_VALUE", path, "must not contain control characters")
         if len(text) > self.max_len:
             return ctx.add(
@@ -136,8 +148,8 @@ class HsCode(Kind):
     def check(self, value: Any, path: str, ctx: Context) -> Any:
         if not isinstance(value, str):
             return ctx.add("INVALID_VALUE", path, f"must be an HS code as text, not {_type_name(value)}")
-        code = re.sub(r"[\s.]", "", value)
-        if not re.fullmatch(r"[0-9]{6}([0-9]{2})?", code):
+        code = _HS_SEPARATORS.sub("", value)
+        if not _HS_CODE.fullmatch(code):
             return ctx.add("INVALID_VALUE", path, f"{value!r} is not an HS code: 6 or 8 digits")
         return code
 
@@ -204,7 +216,7 @@ class Crossing(Kind):
                 "INVALID_VALUE", path, f"must be an ISO 8601 date or date-time, not {_type_name(value)}"
             )
         text = value.strip()
-        if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text):
+        if _DATE.fullmatch(text):
             try:
                 return date.fromisoformat(text).isoformat()
             except ValueError:
@@ -236,7 +248,7 @@ class Container(Kind):
             return ctx.add(
                 "INVALID_VALUE", path, f"must be a container number as text, not {_type_name(value)}"
             )
-        number = re.sub(r"[\s-]", "", value).upper()
+        number = _CONTAINER_SEPARATORS.sub("", value).upper()
         if not container_shape_ok(number):
             return ctx.add(
                 "INVALID_VALUE",
@@ -275,10 +287,27 @@ class F:
     default: Any = None
 
 
+def _empty(raw: Any) -> bool:
+    """Absent: None, blank text, an empty list or object."""
+    kind = type(raw)
+    if kind is str:
+        return not raw or raw.isspace()
+    if kind is int or kind is float or kind is bool:
+        return False
+    if kind is list or kind is dict:
+        return not raw
+    return raw is None or (isinstance(raw, str) and not raw.strip()) or raw == [] or raw == {}
+
+
 class Obj(Kind):
     def __init__(self, title: str, fields: dict[str, F]) -> None:
         self.title = title
         self.fields = fields
+        # The fields in order with what checking each needs, looked up once (records are checked by
+        # the thousand in bulk ingest).
+        self._plan = tuple(
+            (name, spec.kind.check, spec.required, spec.default) for name, spec in fields.items()
+        )
 
     def check(self, value: Any, path: str, ctx: Context) -> Any:
         if not isinstance(value, dict):
@@ -286,20 +315,35 @@ class Obj(Kind):
         prefix = f"{path}." if path else ""
         out: dict[str, Any] = {}
         failed = False
-        for key in value:
-            if key not in self.fields:
-                ctx.add("INVALID_VALUE", f"{prefix}{key}", f"unknown field {key!r}")
-                failed = True
-        for name, spec in self.fields.items():
-            raw = value.get(name)
-            if raw is None or (isinstance(raw, str) and not raw.strip()) or raw == [] or raw == {}:
-                if spec.required:
+        if not value.keys() <= self.fields.keys():
+            for key in value:
+                if key not in self.fields:
+                    ctx.add("INVALID_VALUE", f"{prefix}{key}", f"unknown field {key!r}")
+                    failed = True
+        get = value.get
+        for name, check, required, default in self._plan:
+            raw = get(name)
+            # Absent: None, blank text, an empty list or object (``_empty``, inlined for the usual kinds).
+            if raw is None:
+                absent = True
+            else:
+                kind = type(raw)
+                if kind is str:
+                    absent = not raw or raw.isspace()
+                elif kind is dict or kind is list:
+                    absent = not raw
+                elif kind is int or kind is float or kind is bool:
+                    absent = False
+                else:
+                    absent = _empty(raw)
+            if absent:
+                if required:
                     ctx.add("MISSING_FIELD", f"{prefix}{name}", "is required")
                     failed = True
-                elif spec.default is not None:
-                    out[name] = spec.default
+                elif default is not None:
+                    out[name] = default
                 continue
-            checked = spec.kind.check(raw, f"{prefix}{name}", ctx)
+            checked = check(raw, f"{prefix}{name}", ctx)
             if checked is _INVALID:
                 failed = True
             else:
@@ -436,13 +480,28 @@ class CargoRecord:
 
     def crossing_window(self) -> tuple[datetime, datetime]:
         """When the truck is expected: a bare date is that whole day in Hong Kong."""
-        return crossing_window(str(self.data["expected_crossing"]))
+        window = self.__dict__.get("_window")
+        if window is None:
+            window = crossing_window(str(self.data["expected_crossing"]))
+            object.__setattr__(self, "_window", window)
+        return window
 
     def canonical_json(self) -> str:
-        return canonical_json(self.data)
+        # Worked out once (like the hash and the window): a lodgement needs each several times.
+        # Kept in the instance's __dict__ rather than with functools.cached_property, which takes a
+        # lock on every access before Python 3.12.
+        text = self.__dict__.get("_canonical")
+        if text is None:
+            text = canonical_json(self.data)
+            object.__setattr__(self, "_canonical", text)
+        return text
 
     def content_hash(self) -> str:
-        return hashlib.sha256(self.canonical_json().encode("utf-8")).hexdigest()
+        digest = self.__dict__.get("_hash")
+        if digest is None:
+            digest = hashlib.sha256(self.canonical_json().encode("utf-8")).hexdigest()
+            object.__setattr__(self, "_hash", digest)
+        return digest
 
 
 def canonical_json(data: Any) -> str:

@@ -9,7 +9,7 @@ types; ``tests/unit/test_xsd.py`` checks the two agree field by field.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cache
@@ -64,44 +64,68 @@ def _by_tag(obj: Obj) -> dict[str, tuple[str, Kind]]:
     return {q(name): entry for name, entry in _lookup(obj).items()}
 
 
-def _scalar(kind: Kind, text: str) -> Any:
-    """Numbers become numbers (the XSD has checked their lexical form); all else stays text and is
-    normalised by the record's own checks."""
-    if isinstance(kind, Count):
-        try:
-            return int(text.strip())
-        except ValueError:
-            return text
-    if isinstance(kind, Mass):
-        try:
-            number = Decimal(text.strip())
-        except ArithmeticError:
-            return text
-        return int(number) if number == number.to_integral_value() else float(number)
-    return text
+# Numbers become numbers (the XSD has checked their lexical form); all else stays text and is
+# normalised by the record's own checks.
 
 
-def _read(kind: Kind, element: etree._Element) -> Any:
+def _count(text: str) -> Any:
+    try:
+        return int(text.strip())
+    except ValueError:
+        return text
+
+
+def _mass(text: str) -> Any:
+    try:
+        number = Decimal(text.strip())
+    except ArithmeticError:
+        return text
+    return int(number) if number == number.to_integral_value() else float(number)
+
+
+_Reader = Callable[[etree._Element], Any]
+
+
+def _reader(kind: Kind) -> _Reader:
+    """How to read an element of one kind, decided once per kind rather than per element."""
     if isinstance(kind, Obj):
-        return _read_object(kind, element)
-    return _scalar(kind, _text(element))
+        return lambda element: _read_object(kind, element)
+    if isinstance(kind, Count):
+        return lambda element: _count(element.text or "")
+    if isinstance(kind, Mass):
+        return lambda element: _mass(element.text or "")
+    return _text
+
+
+@cache
+def _readers(obj: Obj) -> dict[str, tuple[str, bool, _Reader]]:
+    """Qualified tag -> (field name, whether a list entry, reader) of one object of the record table:
+    the hot path of reading compares tags, not local names."""
+    table: dict[str, tuple[str, bool, _Reader]] = {}
+    for tag, (name, kind) in _by_tag(obj).items():
+        entry = kind.item if isinstance(kind, ListOf) else kind
+        table[tag] = (name, isinstance(kind, ListOf), _reader(entry))
+    return table
 
 
 def _read_object(obj: Obj, element: etree._Element) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    table = _by_tag(obj)
-    for child in _children(element):
-        entry = table.get(child.tag)
+    table = _readers(obj)
+    for child in element:
+        tag = child.tag
+        if not isinstance(tag, str):
+            continue  # a comment or processing instruction
+        entry = table.get(tag)
         if entry is None:
             # Unknown elements are kept under their own name, so that the record's checks name them
             # (the XSD refuses them before this on every channel).
             out[local_name(child)] = _text(child)
             continue
-        field_name, kind = entry
-        if isinstance(kind, ListOf):
-            out.setdefault(field_name, []).append(_read(kind.item, child))
+        field_name, is_list, read = entry
+        if is_list:
+            out.setdefault(field_name, []).append(read(child))
         else:
-            out[field_name] = _read(kind, child)
+            out[field_name] = read(child)
     return out
 
 

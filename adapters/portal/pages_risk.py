@@ -11,7 +11,7 @@ from fastapi.responses import Response
 
 from adapters.portal import dashboard
 from adapters.portal.web import Page, serve
-from gateway import clearance, risk
+from gateway import clearance, risk, risk_admin
 from gateway.context import store_raw
 from gateway.errors import GatewayError
 
@@ -106,7 +106,9 @@ def _profiles_page(
     return page.render(
         "profiles.html",
         status=status,
-        profiles=risk.list_profiles(page.gw, page.actor, include_retired=retired) if profile is None else [],
+        profiles=risk_admin.list_profiles(page.gw, page.actor, include_retired=retired)
+        if profile is None
+        else [],
         profile=profile,
         texts=texts,
         rows=max(rows + 2, 3),
@@ -129,16 +131,16 @@ async def profiles(request: Request, retired: int = 0) -> Response:
 def _save(page: Page, profile_id: str | None) -> Response:
     assert page.actor is not None
     data, texts, rows = profile_from_form(page)
-    current = risk.get_profile(page.gw, page.actor, profile_id) if profile_id else None
+    current = risk_admin.get_profile(page.gw, page.actor, profile_id) if profile_id else None
     try:
         if page.value("_action") == "dry_run":
-            dry = risk.dry_run(page.gw, page.actor, data, limit=200)
+            dry = risk_admin.dry_run(page.gw, page.actor, data, limit=200)
             return _profiles_page(page, texts, rows, dry=dry, profile=current)
         store_raw(page.gw, page.actor, FORM_TYPE, page.body)
         if profile_id is None:
-            saved = risk.create_profile(page.gw, page.actor, data)
+            saved = risk_admin.create_profile(page.gw, page.actor, data)
         else:
-            saved = risk.change_profile(page.gw, page.actor, profile_id, data)
+            saved = risk_admin.change_profile(page.gw, page.actor, profile_id, data)
     except GatewayError as exc:
         if exc.http_status == 404:
             raise
@@ -156,7 +158,7 @@ async def create_profile(request: Request) -> Response:
 async def profile_page(request: Request, profile_id: str, saved: int = -1) -> Response:
     def work(page: Page) -> Response:
         assert page.actor is not None
-        profile = risk.get_profile(page.gw, page.actor, profile_id)
+        profile = risk_admin.get_profile(page.gw, page.actor, profile_id)
         texts = profile_texts(profile)
         return page.render(
             "profiles.html",
@@ -186,7 +188,7 @@ async def retire_profile(request: Request, profile_id: str) -> Response:
     def work(page: Page) -> Response:
         assert page.actor is not None
         store_raw(page.gw, page.actor, FORM_TYPE, page.body)
-        risk.retire_profile(page.gw, page.actor, profile_id)
+        risk_admin.retire_profile(page.gw, page.actor, profile_id)
         return page.redirect(f"/officer/profiles/{profile_id}")
 
     return await serve(request, work, roles=OFFICERS)
@@ -204,7 +206,7 @@ def _targets_page(
     return page.render(
         "targets.html",
         status=status,
-        targets=risk.list_targets(page.gw, page.actor),
+        targets=risk_admin.list_targets(page.gw, page.actor),
         values=values,
         errors=errors,
         kinds=risk.TARGET_KINDS,
@@ -230,7 +232,7 @@ async def add_target(request: Request) -> Response:
             data["profile_id"] = int(profile) if profile.isdigit() and len(profile) < 10 else profile
         store_raw(page.gw, page.actor, FORM_TYPE, page.body)
         try:
-            risk.add_target(page.gw, page.actor, data)
+            risk_admin.add_target(page.gw, page.actor, data)
         except GatewayError as exc:
             errors, general = _errors(exc)
             if general:
@@ -246,7 +248,7 @@ async def revoke_target(request: Request, target_id: str) -> Response:
     def work(page: Page) -> Response:
         assert page.actor is not None
         store_raw(page.gw, page.actor, FORM_TYPE, page.body)
-        risk.revoke_target(page.gw, page.actor, target_id)
+        risk_admin.revoke_target(page.gw, page.actor, target_id)
         return page.redirect("/officer/targets")
 
     return await serve(request, work, roles=OFFICERS)

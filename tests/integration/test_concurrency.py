@@ -50,3 +50,28 @@ def test_concurrent_lodges_of_different_references_all_get_distinct_ccrns(gw, pa
     actor, _ = party.add()
     outcomes = run_at_once(lambda i: consignments.lodge(gw, actor, record(submitter_reference=f"REF{i}")))
     assert len({o.view["ccrn"] for o in outcomes}) == THREADS
+
+
+def test_reading_a_consignment_while_the_sweep_expires_it_expires_it_once(gw, party, clock):
+    from datetime import timedelta
+
+    actor, _ = party.add()
+    ccrns = [
+        consignments.lodge(gw, actor, record(submitter_reference=f"X{i}")).view["ccrn"] for i in range(20)
+    ]
+    clock.advance(timedelta(days=gw.config.rules.consignment_expiry_days + 2))
+
+    def work(i):
+        if i == 0:
+            return consignments.expire_due(gw)
+        return [consignments.get(gw, actor, c)["status"] for c in ccrns]
+
+    run_at_once(work, n=3)
+    with gw.engine.connect() as conn:
+        events = conn.execute(
+            select(tables.events.c.ccrn, func.count())
+            .where(tables.events.c.type == "EXPIRED")
+            .group_by(tables.events.c.ccrn)
+        ).all()
+    assert sorted(c for c, _n in events) == sorted(ccrns)
+    assert all(n == 1 for _c, n in events), events

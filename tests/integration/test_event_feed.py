@@ -277,13 +277,13 @@ def test_end_to_end_an_immigration_agency_reads_the_kiosk_decisions_without_the_
     """Lodge, profile, bundle, arrive with the real Immigration simulator behind the kiosk; the
     agency reads the decision from the feed, never the profile that selected the truck."""
     from adapters.immigration_client import ImmigrationClient
-    from gateway import advance_notices, risk
+    from gateway import advance_notices, risk_admin
     from tests.border_support import border
     from tests.integration.test_immigration import notices, simulator
 
     b = border(gw, party)
     agency_key = party.add(role="agency", name="Immigration Dept", scope="immigration")[1]
-    risk.create_profile(
+    risk_admin.create_profile(
         gw,
         b.officer,
         {

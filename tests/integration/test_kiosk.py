@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import create_engine, select, text
 
-from gateway import bundles, clearance, consignments, db, risk, tables
+from gateway import bundles, clearance, consignments, db, risk, risk_admin, tables
 from gateway.config import ImmigrationConfig
 from gateway.context import Gateway
 from gateway.errors import GatewayError
@@ -91,7 +91,7 @@ def test_arrived_consignments_are_frozen(b, gw):
 
 
 def test_a_selected_consignment_goes_to_inspection_and_the_officer_releases_it(b, gw):
-    risk.create_profile(gw, b.officer, TOBACCO)
+    risk_admin.create_profile(gw, b.officer, TOBACCO)
     clean, dirty = b.lodge(), b.lodge(items=tobacco_record())
     b.bundle([clean, dirty])
     b.wait_lead_time()
@@ -117,7 +117,7 @@ def test_a_selected_consignment_goes_to_inspection_and_the_officer_releases_it(b
 
 def test_an_inspection_held_with_undeclared_cargo_records_offences(b, gw):
     ccrn = b.lodge()
-    risk.add_target(
+    risk_admin.add_target(
         gw,
         b.officer,
         {
@@ -151,7 +151,7 @@ def test_an_inspection_held_with_undeclared_cargo_records_offences(b, gw):
 
 
 def test_a_targeted_vehicle_is_inspected(b, gw):
-    risk.add_target(
+    risk_admin.add_target(
         gw,
         b.officer,
         {
@@ -171,7 +171,7 @@ def test_a_targeted_vehicle_is_inspected(b, gw):
 
 
 def test_an_expired_target_selects_nothing(b, gw, clock):
-    risk.add_target(
+    risk_admin.add_target(
         gw,
         b.officer,
         {
@@ -188,7 +188,7 @@ def test_an_expired_target_selects_nothing(b, gw, clock):
 
 
 def test_a_refused_driver_is_refused_even_when_the_cargo_is_selected(b, gw):
-    risk.add_target(
+    risk_admin.add_target(
         gw,
         b.officer,
         {
@@ -291,7 +291,7 @@ def test_a_vehicle_with_a_live_bundle_cannot_declare_itself_empty(b, gw):
 
 
 def test_an_empty_vehicle_on_the_watchlist_is_inspected_and_found_loaded_is_an_offence(b, gw):
-    risk.add_target(
+    risk_admin.add_target(
         gw,
         b.officer,
         {
@@ -409,7 +409,7 @@ def test_a_bad_kiosk_request_is_an_error_naming_the_field(b, gw, body, field):
 
 
 def test_offences_feed_the_profile_of_the_next_load(b, gw, clock):
-    risk.create_profile(
+    risk_admin.create_profile(
         gw,
         b.officer,
         {
@@ -437,7 +437,7 @@ def test_a_kiosk_decision_replays_from_its_recorded_draw(b, gw):
     with gw.engine.begin() as conn:
         key = risk.secret(conn, gw)
     assert risk.draw(key, ccrn, 1) == recorded["draw"]
-    replay = risk.results_for(gw, b.officer, ccrn)["results"][0]
+    replay = risk_admin.results_for(gw, b.officer, ccrn)["results"][0]
     assert replay["draw"] == replay["replayed_draw"] == recorded["draw"]
 
 

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from gateway import consignments, risk, tables
+from gateway import consignments, risk_admin, tables
 from gateway.app import create_app
 from gateway.config import ImmigrationConfig
 from gateway.consignments import Submission
@@ -213,7 +213,7 @@ def test_profiling_runs_on_lodge_amend_bundle_and_profile_change(b, gw):
     ccrn = consignments.lodge(gw, b.filer, record(submitter_reference="L1")).view["ccrn"]
     (first,) = results(gw, ccrn)
     assert (first.version, first.trigger, first.selected, first.score) == (1, "LODGE", False, 0)
-    pid = risk.create_profile(gw, b.officer, TOBACCO)["profile_id"]
+    pid = risk_admin.create_profile(gw, b.officer, TOBACCO)["profile_id"]
     consignments.amend(gw, b.filer, ccrn, cigarettes("L1"))
     amended = results(gw, ccrn)[-1]
     assert (amended.version, amended.trigger, amended.selected) == (2, "AMEND", True)
@@ -221,7 +221,7 @@ def test_profiling_runs_on_lodge_amend_bundle_and_profile_change(b, gw):
     b.bundle([ccrn])
     bundled = results(gw, ccrn)[-1]
     assert (bundled.trigger, bundled.vehicle) == ("BUNDLE", "AB1234")
-    view = risk.change_profile(gw, b.officer, pid, {**TOBACCO, "weight": 10})
+    view = risk_admin.change_profile(gw, b.officer, pid, {**TOBACCO, "weight": 10})
     assert view["reprofiled"] == 1
     changed = results(gw, ccrn)[-1]
     assert (changed.trigger, changed.selected, changed.score) == ("PROFILE", False, 10)
@@ -235,14 +235,14 @@ def test_a_new_profile_reprofiles_only_the_live_consignments_it_concerns(b, gw):
     miss = consignments.lodge(gw, b.filer, record(submitter_reference="T1")).view["ccrn"]
     gone = consignments.lodge(gw, b.filer, cigarettes("C2")).view["ccrn"]
     consignments.cancel(gw, b.filer, gone)
-    assert risk.create_profile(gw, b.officer, TOBACCO)["reprofiled"] == 1
+    assert risk_admin.create_profile(gw, b.officer, TOBACCO)["reprofiled"] == 1
     assert results(gw, hit)[-1].selected and results(gw, hit)[-1].trigger == "PROFILE"
     assert results(gw, miss)[-1].trigger == "LODGE"
     assert results(gw, gone)[-1].trigger == "LODGE"
 
 
 def test_a_batch_lodge_profiles_every_consignment(b, gw):
-    risk.create_profile(gw, b.officer, TOBACCO)
+    risk_admin.create_profile(gw, b.officer, TOBACCO)
     batch = [
         Submission("lodge", record=cigarettes(f"B{i}") if i % 3 == 0 else record(submitter_reference=f"B{i}"))
         for i in range(300)
@@ -256,7 +256,7 @@ def test_a_batch_lodge_profiles_every_consignment(b, gw):
 
 
 def test_first_time_filer_until_a_consignment_of_theirs_has_crossed(b, gw):
-    risk.create_profile(
+    risk_admin.create_profile(
         gw,
         b.officer,
         {
@@ -269,7 +269,7 @@ def test_first_time_filer_until_a_consignment_of_theirs_has_crossed(b, gw):
 
     ccrn = consignments.lodge(gw, b.filer, record(submitter_reference="N1")).view["ccrn"]
     assert results(gw, ccrn)[-1].selected
-    risk.add_target(
+    risk_admin.add_target(
         gw,
         b.officer,
         {
@@ -288,7 +288,7 @@ def test_first_time_filer_until_a_consignment_of_theirs_has_crossed(b, gw):
 
 
 def test_hours_from_amendment_to_crossing_is_measured_at_the_kiosk(b, gw, clock):
-    risk.create_profile(
+    risk_admin.create_profile(
         gw,
         b.officer,
         {

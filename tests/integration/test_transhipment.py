@@ -6,7 +6,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from gateway import clearance, risk, tables
+from gateway import clearance, risk_admin, tables
 from gateway.app import create_app
 from tests.border_support import border
 
@@ -110,7 +110,7 @@ def test_land_to_air_needs_the_elock_at_the_kiosk(b, gw):
 def test_land_to_air_inspected_at_the_land_point_is_inspected_once(b, gw, client, airport):
     _agency, agency_key = airport
     ccrn = land_to_air(b)
-    risk.add_target(
+    risk_admin.add_target(
         gw,
         b.officer,
         {"kind": "CCRN", "value": ccrn, "action": "INSPECT", "reason": "x", "expires_at": EXPIRES},
@@ -165,7 +165,7 @@ def test_air_to_land_is_recorded_at_the_airport_first_then_cleared_without_a_sec
     b, gw, client, airport
 ):
     _agency, agency_key = airport
-    risk.create_profile(
+    risk_admin.create_profile(
         gw,
         b.officer,
         {

@@ -10,7 +10,8 @@ import pytest
 
 from gateway.clock import HONG_KONG
 from gateway.errors import GatewayError
-from gateway.risk import Rules, Subject, Target, draw, evaluate, parse_profile, value_per_kg
+from gateway.risk import Rules, Subject, Target, draw, evaluate, value_per_kg
+from gateway.risk_admin import parse_profile
 from tests.factories import record
 
 SECRET = b"0123456789abcdef0123456789abcdef"
