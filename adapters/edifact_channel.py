@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import hashlib
 import logging
-import sys
+import os
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -27,10 +27,10 @@ from starlette.concurrency import run_in_threadpool
 
 from gateway import consignments, parties, tables
 from gateway.consignments import require_filer
-from gateway.context import Actor, Gateway, store_raw
+from gateway.context import Actor, Gateway, store_raw_stream
 from gateway.errors import GatewayError, Problem
-from mappings.edifact import structure, syntax
-from mappings.edifact.cuscar import Consignment, CuscarReader
+from mappings.edifact import reading, syntax
+from mappings.edifact.cuscar import Consignment
 from mappings.edifact.replies import (
     DUPLICATE_DETECTED,
     Addressee,
@@ -46,7 +46,7 @@ from mappings.edifact.replies import (
 log = logging.getLogger("roadcargo.edifact")
 
 BATCH = 500  # consignments per core transaction: big enough to be fast, small enough to bound memory
-DIRECTORIES = {("D", "96B"), ("D", "01B")}
+DIRECTORIES = reading.DIRECTORIES
 CHARSETS = {3: {"UNOA", "UNOB", "UNOC"}, 4: {"UNOA", "UNOB", "UNOC", "UNOW", "UNOY"}}
 MEDIA_TYPE = "application/EDIFACT"
 _I = tables.edifact_interchanges
@@ -54,9 +54,9 @@ _R = tables.edifact_replies
 
 # Syntax error codes of UNSL 0085 this channel raises itself.
 SYNTAX_NOT_SUPPORTED = 2
-MESSAGE_VERSION_NOT_SUPPORTED = 3
+MESSAGE_VERSION_NOT_SUPPORTED = reading.MESSAGE_VERSION_NOT_SUPPORTED
 RECIPIENT_NOT_ACTUAL = 7
-VALUE_NOT_SUPPORTED = 14
+VALUE_NOT_SUPPORTED = reading.VALUE_NOT_SUPPORTED
 LOWER_LEVEL_EMPTY = 32
 
 
@@ -91,27 +91,50 @@ def ingest(
     """Process one interchange as ``actor``. Raises GatewayError only when no CONTRL can be addressed
     (no readable UNB: MALFORMED), when the UNB sender is not the actor's (SENDER_MISMATCH), or when the
     actor may not file (FORBIDDEN); every other fault is answered in the CONTRL."""
-    data = source if isinstance(source, bytes) else source.read()
-    raw_id = store_raw(gw, actor, content_type, data)
+    start = 0 if isinstance(source, bytes) else source.tell()
+    stored = store_raw_stream(gw, actor, content_type, source)  # streamed: never a second copy
     require_filer(actor)
-    if not data or data.isspace():  # not data.strip(): that would copy a big body
+    body = _Body(source, start)
+    head = body.head()
+    if stored.size == 0 or (stored.size <= len(head) and head.isspace()):  # not strip(): no copy
         raise GatewayError.one("MALFORMED", "the interchange is empty: send UNB ... UNZ")
-    to, header_fault = _address(gw, data)
+    to, header_fault = _address(gw, body)
     _check_sender(gw, actor, to.sender)
-    digest = hashlib.sha256(data).hexdigest()
-    claimed = _claim(gw, actor, to, digest, raw_id)
+    claimed = _claim(gw, actor, to, stored.sha256, stored.message_id)
     if isinstance(claimed, IngestResult):
         return claimed
-    run = _Run(gw, actor, to, claimed, raw_id)
+    run = _Run(gw, actor, to, claimed, stored.message_id)
     if header_fault is None and to.recipient != gw.config.edifact.identifier:
         header_fault = Fault(RECIPIENT_NOT_ACTUAL, segment_tag="UNB")
     if header_fault is not None:
         return run.finish(interchange_fault=header_fault, reject=True)
-    with _bulk_allocation(len(data) > BULK_BYTES):
-        return run.read(data, progress)
+    with _bulk_allocation(stored.size > BULK_BYTES):
+        return run.read(body.reader(), stored.size, progress)
+
+
+class _Body:
+    """The interchange as given: bytes, or a binary file read again from where it stood, a chunk at
+    a time (the raw message is already stored: the body is never held whole a second time)."""
+
+    def __init__(self, source: bytes | BinaryIO, start: int) -> None:
+        self.source = source
+        self.start = start
+
+    def reader(self) -> bytes | BinaryIO:
+        if not isinstance(self.source, bytes):
+            self.source.seek(self.start)
+        return self.source
+
+    def head(self, size: int = 65_536) -> bytes:
+        if isinstance(self.source, bytes):
+            return self.source[:size]
+        self.source.seek(self.start)
+        return self.source.read(size)
 
 
 BULK_BYTES = 1_000_000
+# From this size a file is read by a second process (measured: bench/RESULTS.md); 0 = never.
+READER_PROCESS_BYTES = int(os.environ.get("ROADCARGO_EDIFACT_READER_BYTES", 4_000_000)) or 1 << 62
 
 
 @contextmanager
@@ -130,12 +153,12 @@ def _bulk_allocation(bulk: bool) -> Iterator[None]:
         gc.set_threshold(*saved)
 
 
-def _address(gw: Gateway, data: bytes) -> tuple[Addressee, Fault | None]:
+def _address(gw: Gateway, body: _Body) -> tuple[Addressee, Fault | None]:
     """Who the CONTRL goes to. A UNB that cannot be read at all leaves no one to answer: MALFORMED."""
     try:
-        header = syntax.read_header(data)
+        header = syntax.read_header(body.reader())
     except syntax.EdifactSyntaxError as exc:
-        crude = _crude_unb(data)
+        crude = _crude_unb(body.head(2048))
         if crude is None:
             raise GatewayError.one(
                 "MALFORMED", f"no CONTRL can be addressed: the interchange header cannot be read ({exc})"
@@ -400,68 +423,51 @@ class _Run:
         self.accepted = 0
         self.decimal_mark = "."
 
-    def read(self, data: bytes, progress: Callable[[int], None] | None) -> IngestResult:
+    def read(
+        self, source: bytes | BinaryIO, size: int, progress: Callable[[int], None] | None
+    ) -> IngestResult:
         fault: Fault | None = None
         try:
-            reader = syntax.read_interchange(data)
-            self.decimal_mark = reader.header.delimiters.decimal
-            for message in reader.messages():
-                self._message(message)
+            for read in self._messages(source, size):
+                self.reports.append(read.report)
+                if read.response is not None:
+                    for consignment in read.consignments:
+                        self._take(read.response, consignment)
+                    self.responses.append(read.response)
                 if len(self.pending) >= BATCH:
                     self._flush()
-                if progress is not None and message.segments:
-                    progress(message.segments[-1].offset)
+                if progress is not None:
+                    progress(read.offset)
         except syntax.EdifactSyntaxError as exc:
             fault = Fault(exc.code, segment_tag=exc.segment_tag or "UNZ")
+        except reading.ReaderFailed as exc:
+            self._flush()  # keep what was read: a rerun goes on from there, creating nothing twice
+            log.error("interchange %s: %s", self.interchange_id, exc)
+            raise GatewayError.one(
+                "UNAVAILABLE", "the interchange could not be read to its end; send it again"
+            ) from None
         self._flush()
         if fault is None and not self.reports:
             fault = Fault(LOWER_LEVEL_EMPTY, segment_tag="UNZ")
         if progress is not None:
-            progress(len(data))
+            progress(size)
         accepted = any(r.accepted for r in self.reports)
         return self.finish(interchange_fault=fault, reject=fault is not None and not accepted)
 
-    def _message(self, message: Any) -> None:
-        kind = (message.message_type, message.version, message.release, message.agency)
-        group = message.group
-        report = MessageReport(
-            message.reference,
-            kind,
-            [_fault(f) for f in message.findings],
-            group=getattr(group, "reference", None) if group is not None else None,
-        )
-        self.reports.append(report)
-        if not report.faults:
-            if message.message_type != "CUSCAR" or message.agency != "UN":
-                report.faults.append(Fault(VALUE_NOT_SUPPORTED, segment_tag="UNH"))
-            elif (message.version, message.release) not in DIRECTORIES:
-                report.faults.append(Fault(MESSAGE_VERSION_NOT_SUPPORTED, segment_tag="UNH"))
-            else:
-                # The validator caches its verdict per tag sequence; with tags read as fresh strings each
-                # cached sequence would keep a whole message's worth of them alive (hundreds of MB on a
-                # big interchange). Interned, a cached sequence costs a pointer per segment.
-                for positioned in message.segments:
-                    positioned.segment.tag = sys.intern(positioned.segment.tag)
-                found = structure.validate_message(
-                    message.segments, "CUSCAR", syntax_version=self.to.syntax_version
-                )
-                report.faults += [_fault(f) for f in found]
-        if report.faults:
-            return
-        self._map(message)
-
-    def _map(self, message: Any) -> None:
-        reader = CuscarReader(decimal_mark=self.decimal_mark)
-        response = ResponseMessage("", (message.version, message.release))
-        for position, positioned in enumerate(message.segments[1:], start=2):
-            done = reader.feed(position, positioned.segment)
-            if done is not None:
-                self._take(response, done)
-        last = reader.close()
-        if last is not None:
-            self._take(response, last)
-        response.doc_number = reader.doc_number
-        self.responses.append(response)
+    def _messages(self, source: bytes | BinaryIO, size: int) -> Iterator[reading.ReadMessage]:
+        """Read here, or by a second process when the interchange is a big file on disk (the second
+        CPU then tokenizes, checks and maps while this process submits)."""
+        version = self.to.syntax_version
+        path = getattr(source, "name", None)
+        if (
+            size >= READER_PROCESS_BYTES
+            and isinstance(path, str)
+            and os.path.isfile(path)
+            and (os.cpu_count() or 1) > 1
+            and not isinstance(source, bytes)
+        ):
+            return reading.read_in_process(path, source.tell(), version)
+        return reading.read_messages(source, version)
 
     def _take(self, response: ResponseMessage, consignment: Consignment) -> None:
         result = ConsignmentResult(consignment.reference)
@@ -535,16 +541,6 @@ class _Run:
         )
 
 
-def _fault(finding: Any) -> Fault:
-    return Fault(
-        finding.code,
-        segment_position=finding.segment_position,
-        segment_tag=finding.segment_tag,
-        element_position=finding.element_position,
-        component_position=finding.component_position,
-    )
-
-
 def _error(consignment: Consignment, problem: Problem) -> tuple[Problem, str, int, int | None]:
     tag, position = consignment.error_point(problem.field)
     item = None
@@ -579,8 +575,14 @@ async def post_edifact(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
     header = request.headers.get("authorization", "")
     actor = await run_in_threadpool(parties.authenticate_bearer, gw, header, "edifact")
-    body = await request.body()
-    result = await run_in_threadpool(ingest, gw, actor, body, request.headers.get("content-type"))
+    # Spooled to a temporary file beyond 1 MB: a big interchange is never held in memory whole.
+    with tempfile.SpooledTemporaryFile(max_size=1 << 20) as body:
+        async for chunk in request.stream():
+            body.write(chunk)
+        body.seek(0)
+        result = await run_in_threadpool(
+            ingest, gw, actor, cast(BinaryIO, body), request.headers.get("content-type")
+        )
     headers = {"X-Roadcargo-Interchange": str(result.interchange_id)}
     if result.problems:
         headers["X-Roadcargo-Errors"] = ",".join(p.code for p in result.problems)

@@ -76,7 +76,7 @@ def ingest_file(gw: Gateway, actor: Actor, path: Path) -> dict[str, bytes]:
             stream.seek(0)
             try:
                 if kind == "edifact":
-                    # The channel takes a stream; today it reads it whole, as it keeps the raw message.
+                    # Streamed: stored and read a chunk at a time, never held whole (docs/edifact.md).
                     result = edifact_channel.ingest(gw, actor, stream, edifact_channel.MEDIA_TYPE)
                     replies = {CONTRL: result.contrl}
                     if result.cusres is not None:

@@ -1,6 +1,6 @@
 """EDIFACT ingest benchmark (issue 3, "Scale and speed"): one command.
 
-    .venv/bin/python bench/edifact_ingest.py [--consignments 10000] [--pg URL | --no-pg]
+    .venv/bin/python bench/edifact_ingest.py [--consignments 10000] [--pg URL | --no-pg] [--in-process]
 
 Generates a realistic CUSCAR load of N consignments (1 to 20 goods items each, release characters, long
 names split over components, custom UNA separators with a decimal comma; a fifth of it as a UNOY syntax 4
@@ -79,7 +79,9 @@ _PACKAGES = [("CT", "CARTONS"), ("PK", "PACKAGES"), ("PX", "PALLETS"), ("BX", "B
 class Syntax:
     def __init__(self, una: str, identifier: str, codec: str) -> None:
         self.una = una
-        self.component, self.element, self.decimal, self.release, self.reserved, self.terminator = una[3:9]
+        self.component, self.element, self.decimal, self.release, self.reserved, self.terminator = tuple(
+            una[3:9]
+        )
         self.identifier = identifier
         self.codec = codec
 
@@ -249,24 +251,37 @@ def _ingest_child(url: str, files: list[str], queue: Any) -> None:
     cpu_started = time.process_time()
     accepted = consignments = 0
     for path in files:
-        result = ingest(gw, actor, Path(path).read_bytes())
+        with Path(path).open("rb") as source:  # streamed, as the CLI and the SFTP mailbox do
+            result = ingest(gw, actor, source)
         accepted += result.accepted
         consignments += result.consignments
     elapsed = time.perf_counter() - started
     cpu = time.process_time() - cpu_started
     engine.dispose()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put((elapsed, consignments, accepted, peak_mb, cpu))
+    # the reader processes (files from 4 MB on are read by a second process): their peak and CPU
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    queue.put(
+        (
+            elapsed,
+            consignments,
+            accepted,
+            peak_mb,
+            cpu,
+            children.ru_maxrss / 1024,
+            children.ru_utime + children.ru_stime,
+        )
+    )
 
 
-def whole_ingest(url: str, files: list[Path]) -> tuple[float, int, int, float, float]:
+def whole_ingest(url: str, files: list[Path]) -> tuple[float, int, int, float, float, float, float]:
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     child = ctx.Process(target=_ingest_child, args=(url, [str(f) for f in files], queue))
     child.start()
-    result = queue.get()
+    result: tuple[float, int, int, float, float, float, float] = queue.get()
     child.join()
-    return result  # type: ignore[no-any-return]
+    return result
 
 
 def main() -> int:
@@ -278,7 +293,12 @@ def main() -> int:
     parser.add_argument("--no-pg", action="store_true")
     parser.add_argument("--no-pydifact", action="store_true", help="skip the pydifact timing (memory runs)")
     parser.add_argument("--max-items", type=int, default=20, help="goods items per consignment: 1 to this")
+    parser.add_argument(
+        "--in-process", action="store_true", help="read in the ingest process (no second reader process)"
+    )
     args = parser.parse_args()
+    if args.in_process:
+        os.environ["ROADCARGO_EDIFACT_READER_BYTES"] = "0"  # inherited by the spawned ingest process
 
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
@@ -320,12 +340,17 @@ def main() -> int:
         )
     try:
         for label, url in rows:
-            elapsed, consignments, accepted, peak, cpu = whole_ingest(url, files)
+            elapsed, consignments, accepted, peak, cpu, reader_peak, reader_cpu = whole_ingest(url, files)
+            reader = (
+                f"; reader process: peak RSS {reader_peak:.0f} MB, {reader_cpu:.1f} s CPU"
+                if reader_cpu
+                else "; read in-process"
+            )
             print(
                 f"whole ingest {label:10s} {elapsed:7.2f} s  {consignments / elapsed:8.0f} consignments/s  "
                 f"{parse / elapsed:4.2f}x pydifact parse alone  peak RSS {peak:5.0f} MB  "
                 f"({accepted}/{consignments} accepted; {cpu:.1f} s CPU of the ingest process = "
-                f"{consignments / cpu:.0f} consignments per CPU-second)"
+                f"{consignments / cpu:.0f} consignments per CPU-second{reader})"
             )
     finally:
         if admin is not None:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import json
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, BinaryIO
 
-from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy import Connection, Engine, func, insert, literal, select, text
 from sqlalchemy.exc import IntegrityError
 
-from gateway import tables
+from gateway import logs, tables
 from gateway.clock import HONG_KONG, Clock
 from gateway.config import Config
 from gateway.immigration import ImmigrationPort
@@ -81,6 +83,7 @@ def audit_values(
         "entity_id": entity_id,
         "before": dump(before),
         "after": dump(after),
+        "request_id": logs.request_id(),  # the request's X-Request-ID, None outside a request
     }
 
 
@@ -99,23 +102,121 @@ def audit(
     )
 
 
-def store_raw(gw: Gateway, actor: Actor, content_type: str | None, body: bytes) -> int:
+RAW_CHUNK = 1 << 20  # bytes written to the store at a time by store_raw_stream
+
+
+@dataclass(frozen=True)
+class StoredRaw:
+    """A raw inbound message as kept: its row, SHA-256 (hex) and size in bytes."""
+
+    message_id: int
+    sha256: str
+    size: int
+
+
+def store_raw(gw: Gateway, actor: Actor, content_type: str | None, body: bytes | BinaryIO) -> int:
     """Keep the raw inbound message with its SHA-256, committed before it is processed."""
+    return store_raw_stream(gw, actor, content_type, body).message_id
+
+
+def store_raw_stream(
+    gw: Gateway, actor: Actor, content_type: str | None, body: bytes | BinaryIO
+) -> StoredRaw:
+    """``store_raw`` for bodies of any size: the body (bytes, or a binary file read from where it
+    stands to its end) goes into the store a chunk at a time, hashed on the way, so that storing it
+    costs one chunk of memory and never a copy of the whole body. SQLite writes into a blob of the
+    final size through incremental blob I/O; PostgreSQL receives it by COPY. The file is left at
+    its end."""
+    values: dict[str, Any] = {
+        "received_at": gw.now(),
+        "party_id": actor.party_id,
+        "channel": actor.channel,
+        "content_type": (content_type or "")[:100] or None,
+        "request_id": logs.request_id(),
+    }
+    chunks = _raw_chunks(body)
+    digest = hashlib.sha256()
+    dialect = gw.engine.dialect.name
+    table = tables.raw_messages
+    # A body of one chunk or less (nearly every request) is one plain INSERT: the blob and COPY
+    # machinery below pays off only for big bodies, and on PostgreSQL its temporary table per
+    # request costs catalogue writes.
+    streamed = not isinstance(body, bytes | bytearray | memoryview) or len(body) > RAW_CHUNK
     with gw.engine.begin() as conn:
-        result = conn.execute(
-            insert(tables.raw_messages).values(
-                received_at=gw.now(),
-                party_id=actor.party_id,
-                channel=actor.channel,
-                content_type=(content_type or "")[:100] or None,
-                sha256=hashlib.sha256(body).hexdigest(),
-                size=len(body),
-                body=body,
+        if streamed and dialect == "sqlite":
+            # Hashed first (a pass over the file or the bytes, no copy): the row is written once with
+            # its SHA-256, since an UPDATE of the row would have SQLite rewrite the whole blob in memory.
+            start = None if isinstance(body, bytes | bytearray | memoryview) else body.tell()
+            size = 0
+            for chunk in chunks:
+                digest.update(chunk)
+                size += len(chunk)
+            if start is not None:
+                body.seek(start)  # type: ignore[union-attr]
+            sha256 = digest.hexdigest()
+            result = conn.execute(
+                insert(table).values(**values, sha256=sha256, size=size, body=func.zeroblob(size))
             )
-        )
-        (message_id,) = result.inserted_primary_key or (None,)
-    assert message_id is not None
-    return int(message_id)
+            (message_id,) = result.inserted_primary_key or (None,)
+            assert message_id is not None
+            written, check = 0, hashlib.sha256()
+            sqlite = conn.connection.driver_connection
+            with sqlite.blobopen(table.name, "body", int(message_id)) as blob:  # type: ignore[union-attr]
+                for chunk in _raw_chunks(body):
+                    if written + len(chunk) > size:
+                        raise ValueError("the raw message grew while it was being stored")
+                    blob.write(chunk)
+                    check.update(chunk)
+                    written += len(chunk)
+            if written != size or check.hexdigest() != sha256:
+                raise ValueError("the raw message changed while it was being stored")
+        elif streamed and dialect == "postgresql":
+            size = 0
+            conn.execute(text("CREATE TEMPORARY TABLE raw_upload (body bytea NOT NULL) ON COMMIT DROP"))
+            cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            with cursor.copy("COPY raw_upload (body) FROM STDIN") as copy:
+                copy.write(b"\\\\x")  # text format: a backslash escaped, then bytea's hex form
+                for chunk in chunks:
+                    copy.write(binascii.hexlify(chunk))
+                    digest.update(chunk)
+                    size += len(chunk)
+                copy.write(b"\n")
+            cursor.close()
+            upload = text("SELECT body FROM raw_upload").columns(body=table.c.body.type)
+            result = conn.execute(
+                insert(table)
+                .from_select(
+                    [*values, "sha256", "size", "body"],
+                    select(
+                        *(literal(v, table.c[k].type) for k, v in values.items()),
+                        literal(digest.hexdigest(), table.c.sha256.type),
+                        literal(size, table.c.size.type),
+                        upload.subquery().c.body,
+                    ),
+                )
+                .returning(table.c.message_id)
+            )
+            message_id = result.scalar_one()
+        else:
+            data = b"".join(chunks)  # one chunk, or a dialect without a streaming path
+            digest.update(data)
+            size = len(data)
+            result = conn.execute(
+                insert(table).values(**values, sha256=digest.hexdigest(), size=size, body=data)
+            )
+            (message_id,) = result.inserted_primary_key or (None,)
+            assert message_id is not None
+    return StoredRaw(int(message_id), digest.hexdigest(), size)
+
+
+def _raw_chunks(body: bytes | BinaryIO) -> Iterator[bytes | memoryview]:
+    if isinstance(body, bytes | bytearray | memoryview):
+        view = memoryview(body)
+        for start in range(0, len(view), RAW_CHUNK):
+            yield view[start : start + RAW_CHUNK]
+        return
+    while chunk := body.read(RAW_CHUNK):
+        yield chunk
 
 
 def stored_secret(gw: Gateway, name: str) -> bytes:

@@ -76,6 +76,9 @@ class MessageReport:
     message_type: tuple[str, ...]  # (0065, 0052, 0054, 0051)
     faults: list[Fault] = field(default_factory=list)
     group: str | None = None  # UNG 0048, when the message was in a functional group
+    # UNG S006 and S007 (identification, qualifier), echoed in the group's UCF
+    group_sender: tuple[str, str | None] | None = None
+    group_recipient: tuple[str, str | None] | None = None
 
     @property
     def accepted(self) -> bool:
@@ -147,7 +150,11 @@ def contrl_message(
         if group is None:
             continue
         action = ACKNOWLEDGED if any(r.accepted for r in reports) else REJECTED
-        body.append(Segment("UCF", group, to.sender, to.recipient, action))
+        # UCF S006/S007 echo the group's own UNG addresses (they may differ from the UNB ones)
+        first = reports[0]
+        sender = first.group_sender or (to.sender, to.sender_qualifier)
+        recipient = first.group_recipient or (to.recipient, to.recipient_qualifier)
+        body.append(Segment("UCF", group[:14], _address(*sender), _address(*recipient), action))
         for report in reports:
             body += _ucm(report)
     return body
@@ -155,6 +162,11 @@ def contrl_message(
 
 def _qualified(identifier: str, qualifier: str | None) -> str | list[str]:
     return [identifier, qualifier] if qualifier else identifier
+
+
+def _address(identifier: str, qualifier: str | None) -> str | list[str]:
+    """An identification echoed within the lengths of S006/S007 (0040/0044 an..35, 0007 an..4)."""
+    return _qualified(identifier[:35], qualifier if qualifier and len(qualifier) <= 4 else None)
 
 
 def _ucm(report: MessageReport) -> list[Segment]:

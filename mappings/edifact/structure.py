@@ -16,7 +16,7 @@ Every fault becomes a ``Finding`` with its UNSL 0085 code and position, ready fo
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Protocol
@@ -189,7 +189,7 @@ def _message_type(segments: Sequence[Segment]) -> str:
     return s009[0] if isinstance(s009, list) else s009
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=256)  # messages that do not conform only: see conforms()
 def _cached_order(
     message_type: str, syntax_version: int, tags: tuple[str, ...]
 ) -> tuple[tuple[bool, ...], tuple[Finding, ...]]:
@@ -206,8 +206,10 @@ def _check_order(
     children: tuple[Node, ...],
     tags: Sequence[str],
     findings: list[Finding],
+    machine: _Machine | None = None,
 ) -> list[bool]:
-    """Walks the tags through the structure; returns which segments found their place."""
+    """Walks the tags through the structure; returns which segments found their place. With a
+    ``machine``, every step that found nothing wrong is recorded in it (see ``conforms``)."""
     stack = [_Frame(children, 0, 0, None)]
     matched: list[bool] = []
 
@@ -229,7 +231,11 @@ def _check_order(
         start = frame.index + 1 if frame.count else frame.index
         missing(frame, start, len(frame.children), position, tag)
 
+    previous: tuple[int, str, int] | None = None  # the step just made: state before, tag, findings
     for position, tag in enumerate(tags, start=1):
+        if machine is not None:
+            _record(machine, previous, stack, findings)
+            previous = (machine.state(_key(stack)), tag, len(findings))
         found_level = -1
         found_index = -1
         for level in range(len(stack) - 1, -1, -1):
@@ -289,9 +295,26 @@ def _check_order(
             stack.append(_Frame(node.children, 0, 1, node))
     end = len(tags)
     last = tags[-1] if tags else "the end"
+    if machine is not None:
+        _record(machine, previous, stack, findings)
+        final, before = machine.state(_key(stack)), len(findings)
     while stack:
         close(stack.pop(), end, f"{last}, the last segment")
+    if machine is not None and len(findings) == before:
+        machine.clean_ends.add(final)
     return matched
+
+
+def _key(stack: list[_Frame]) -> tuple[tuple[int, int], ...]:
+    """Where the walker stands: at each open level, which child and how often it occurred."""
+    return tuple((frame.index, frame.count) for frame in stack)
+
+
+def _record(
+    machine: _Machine, previous: tuple[int, str, int] | None, stack: list[_Frame], findings: list[Finding]
+) -> None:
+    if previous is not None and len(findings) == previous[2]:
+        machine.moves[previous[0]][previous[1]] = machine.state(_key(stack))
 
 
 def check_segment(
@@ -560,3 +583,139 @@ def summarize(findings: Iterable[Finding]) -> list[str]:
 
 
 __all__ = ["check_segment", "summarize", "validate_interchange", "validate_message"]
+
+
+# --- the fast path ---------------------------------------------------------------------------------
+# ``validate_message`` names every fault; most messages have none. ``conforms`` answers only "nothing to
+# report" (True) or "look closer" (False), from two things compiled once per message type: the structure
+# as a table of transitions between the walker's states, learnt from the walks ``_check_order`` makes
+# (a message of a new shape walks once, then every message sharing its steps is a dict lookup per
+# segment), and each segment's element checks as one generated Python function. Tags are keys of
+# small dicts (a few dozen strings), so nothing of a message is kept.
+
+_MAX_STATES = 200_000  # a bound on the transition table; it is rebuilt from scratch beyond it
+
+
+class _Machine:
+    """The walker's states for one message type, numbered, with the clean transitions seen so far."""
+
+    def __init__(self, children: tuple[Node, ...]) -> None:
+        self.children = children
+        self.ids: dict[tuple[tuple[int, int], ...], int] = {((0, 0),): 0}
+        self.moves: list[dict[str, int]] = [{}]
+        self.clean_ends: set[int] = set()
+
+    def state(self, key: tuple[tuple[int, int], ...]) -> int:
+        number = self.ids.get(key)
+        if number is None:
+            number = len(self.moves)
+            self.ids[key] = number
+            self.moves.append({})
+        return number
+
+    def learn(self, tags: Sequence[str]) -> None:
+        """Walks ``tags`` once, recording every step (and the end) that found nothing wrong."""
+        if len(self.moves) > _MAX_STATES:
+            self.__init__(self.children)  # type: ignore[misc]
+        _check_order("", self.children, tags, [], self)
+
+
+_MACHINES: dict[tuple[str, int], _Machine] = {}
+_CHECKS: dict[tuple[str, int], Callable[[list[Element]], bool] | None] = {}
+
+
+def conforms(segments: Sequence[PositionedSegment], message_type: str, syntax_version: int = 3) -> bool:
+    """True when ``validate_message(segments, message_type, syntax_version=...)`` would find nothing
+    (D.96B, no code checks); False means only that the full check must run."""
+    key = (message_type, syntax_version)
+    machine = _MACHINES.get(key)
+    if machine is None:
+        try:
+            structure = d96b().message(message_type, syntax_version)
+        except KeyError:
+            return False
+        machine = _MACHINES[key] = _Machine(structure.children)
+    moves = machine.moves
+    state = 0
+    for attempt in (1, 2):
+        state = 0
+        for positioned in segments:
+            state = moves[state].get(positioned.segment.tag, -1)
+            if state < 0:
+                break
+        else:
+            if state in machine.clean_ends:
+                break
+        if attempt == 2:
+            return False
+        machine.learn([positioned.segment.tag for positioned in segments])
+        moves = machine.moves
+    for positioned in segments:
+        segment = positioned.segment
+        if positioned.repetitions:
+            return False
+        check = _segment_check(segment.tag, syntax_version)
+        if check is None or not check(segment.elements):
+            return False
+    return True
+
+
+def _segment_check(tag: str, syntax_version: int) -> Callable[[list[Element]], bool] | None:
+    key = (tag, syntax_version)
+    try:
+        return _CHECKS[key]
+    except KeyError:
+        pass
+    try:
+        spec = d96b().segment(tag, syntax_version)
+    except KeyError:
+        check = None
+    else:
+        check = _compile_check(spec)
+    if len(_CHECKS) < 10_000:  # tags that find their place in a structure: a few dozen
+        _CHECKS[key] = check
+    return check
+
+
+def _value_test(name: str, representation: Representation) -> str:
+    """A Python expression, true when the non-empty text ``name`` fits ``representation``."""
+    low, high = representation.min_length, representation.max_length
+    if representation.kind == "an":
+        return f"len({name}) <= {high}" if low <= 1 else f"{low} <= len({name}) <= {high}"
+    if representation.kind == "n":
+        return (
+            f"_number({name}) is not None and "
+            f"{low} <= len({name}) - ('.' in {name} or ',' in {name}) <= {high}"
+        )
+    return f"_digit({name}) is None and {low} <= len({name}) <= {high}"
+
+
+def _compile_check(spec: SegmentSpec) -> Callable[[list[Element]], bool]:
+    """One function per segment: the checks of ``check_segment`` unrolled, answering only whether
+    there is nothing to report (a False sends the segment through ``check_segment``, which names it)."""
+    lines = ["def check(e):", "    n = len(e)", f"    if n > {len(spec.elements)}: return False"]
+    for index, element in enumerate(spec.elements):
+        lines.append(f"    v = e[{index}] if n > {index} else ''")
+        lines.append("    if v:")
+        if not element.components:
+            assert element.representation is not None
+            lines.append("        if v.__class__ is not str: return False")
+            lines.append(f"        if not ({_value_test('v', element.representation)}): return False")
+        else:
+            count = len(element.components)
+            lines.append("        if v.__class__ is str: v = (v,)")
+            lines.append(f"        elif len(v) > {count}: return False")
+            lines.append("        m = len(v)")
+            for position, component in enumerate(element.components):
+                lines.append(f"        t = v[{position}] if m > {position} else ''")
+                test = _value_test("t", component.representation)
+                if component.mandatory:
+                    lines.append(f"        if not t or not ({test}): return False")
+                else:
+                    lines.append(f"        if t and not ({test}): return False")
+        if element.mandatory:
+            lines.append("    else: return False")
+    lines.append("    return True")
+    namespace: dict[str, object] = {"_number": _PLAIN_NUMBER.fullmatch, "_digit": _DIGIT.search}
+    exec("\n".join(lines), namespace)  # generated from the directory's own tables, nothing else
+    return namespace["check"]  # type: ignore[return-value]

@@ -15,7 +15,7 @@ on: reject the interchange). Both carry the UNSL data element 0085 code and the 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, BinaryIO
@@ -28,7 +28,7 @@ Element = str | list[str]
 Source = bytes | bytearray | memoryview | BinaryIO | Iterable[bytes]
 
 DEFAULT_MAX_SEGMENT_LENGTH = 1_000_000
-_CHUNK_SIZE = 1 << 20
+_CHUNK_SIZE = 1 << 18  # 256 KiB: each chunk is split into its segments at once
 
 # Syntax identifier (0001) -> Python codec. UNOW and UNOY exist from syntax version 4 only
 # (ISO 9735-1:1998); UNOD..UNOK are valid EDIFACT but not accepted by this gateway.
@@ -274,6 +274,30 @@ def _chunks(source: Source) -> Iterator[bytes]:
 
 _TAG = re.compile(r"[A-Z0-9]{3}")
 _LEADING_SPACE = (b"\r", b"\n", b" ", b"\t")
+_HEAD = 64  # bytes kept of a segment over the length limit: enough to name its tag in a finding
+
+
+@dataclass(frozen=True, slots=True)
+class Oversize:
+    """A segment longer than the limit, read past without being kept: its first bytes and its size."""
+
+    head: bytes
+    length: int
+
+
+def _odd_run(data: bytes, release: bytes) -> bool:
+    """Whether ``data`` ends in an odd number of release characters (its last one releases what follows)."""
+    return (len(data) - len(data.rstrip(release))) % 2 == 1
+
+
+def _find_terminator(data: bytes, terminator: bytes, release: bytes | None, start: int = 0) -> int:
+    """The first terminator in ``data`` that is not released, or -1."""
+    end = data.find(terminator, start)
+    while (
+        end > 0 and release is not None and data[end - 1 : end] == release and _odd_run(data[:end], release)
+    ):
+        end = data.find(terminator, end + 1)
+    return end
 
 
 class _Splitter:
@@ -294,6 +318,9 @@ class _Splitter:
             self.invalid: re.Pattern[str] = re.compile(f"[^{allowed}{extra}]")
         else:
             self.invalid = re.compile("[\\x00-\\x1f\\x7f\\ufffd]")
+        # what sends a segment off the hot path: an invalid character, a release or repetition character
+        marks = re.escape("".join(c for c in (d.release, d.repetition) if c))
+        self.unusual = re.compile(f"{self.invalid.pattern}|[{marks}]" if marks else self.invalid.pattern)
         specials = [c for c in (d.element, d.component, d.repetition) if c]
         pattern = "|".join(re.escape(c) for c in specials)
         if d.release:
@@ -434,19 +461,13 @@ class _Tokenizer:
         self.charset = "UNOC"
         self.syntax_version = 3
         self.splitter: _Splitter | None = None
-        self.tags: set[str] = set()  # tags already seen valid: skips the regex on the hot path
+        self.tags: dict[str, str] = {}  # tags already seen valid: skips the regex on the hot path
 
     # reading -----------------------------------------------------------------------------------
     def _more(self) -> bool:
-        if self.exhausted:
+        chunk = self._next_chunk()
+        if chunk is None:
             return False
-        try:
-            chunk = next(self.chunks)
-        except StopIteration:
-            self.exhausted = True
-            return False
-        except OSError as exc:
-            raise EdifactSyntaxError(18, f"the interchange could not be read: {exc}") from None
         self.buffer += chunk
         return True
 
@@ -499,60 +520,104 @@ class _Tokenizer:
         self.delimiters = d
         self.splitter = _Splitter(d, charset)
 
-    def raw_segments(self) -> Iterator[tuple[int, bytes]]:
+    def _next_chunk(self) -> bytes | None:
+        if self.exhausted:
+            return None
+        try:
+            chunk = next(self.chunks)
+        except StopIteration:
+            self.exhausted = True
+            return None
+        except OSError as exc:
+            raise EdifactSyntaxError(18, f"the interchange could not be read: {exc}") from None
+        return chunk
+
+    def raw_segments(self) -> Iterator[tuple[int, bytes | Oversize]]:
         """(offset, bytes) of each segment, without its terminator and leading line breaks.
 
-        Each terminator byte is found with ``bytearray.find`` and is a real terminator when the run
-        of release characters before it has even length. The scan never looks at a byte twice, so
-        a huge segment costs linear time, and the buffer holds at most one segment plus one chunk.
+        Each chunk read is split at the terminator in one call; a piece that ends in an odd run of
+        release characters had its terminator released and is joined to the next. A segment longer
+        than ``max_segment_length`` is skipped without being kept (``Oversize`` stands in for it), so
+        a 50 MB segment costs one chunk of memory and the segments after it are read as usual.
         """
         d = self.delimiters
         terminator = d.terminator.encode("latin-1")
-        release = ord(d.release) if d.release else -1
-        buffer = self.buffer
-        position = 0  # start of the current segment in buffer
-        scan = 0  # where the search for its terminator goes on
-        find = buffer.find
+        release = d.release.encode("latin-1") if d.release else None
+        limit = self.max
+        pending = bytes(self.buffer)  # the start of a segment not yet terminated
+        self.buffer = bytearray()
+        start = self.base  # offset of pending[0] in the input
         while True:
-            end = find(terminator, scan)
-            if end < 0:
-                # no terminator yet: drop what was handed out, read more
-                if position:
-                    del buffer[:position]
-                    self.base += position
-                    scan -= position
-                    position = 0
-                if len(buffer) > self.max:
-                    self._too_long(self.base)
-                scan = len(buffer)
-                if not self._more():
-                    self._end_of_input()
-                    return
-                continue
-            if end > position and buffer[end - 1] == release:
-                run = 1
-                while end - run - 1 >= position and buffer[end - run - 1] == release:
-                    run += 1
-                if run % 2:  # a released terminator is data
-                    scan = end + 1
+            pieces = pending.split(terminator)
+            pending = pieces.pop()
+            carry: bytes | None = None
+            for piece in pieces:
+                if carry is not None:
+                    piece = carry + terminator + piece
+                    carry = None
+                if release is not None and piece[-1:] == release and _odd_run(piece, release):
+                    carry = piece  # a released terminator is data
                     continue
-            start = position
-            with memoryview(buffer) as view:  # one copy, not two (slice, then bytes)
-                raw = view[start:end].tobytes()
-            position = scan = end + 1
-            if raw[:1] in _LEADING_SPACE:
-                trimmed = raw.lstrip(b"\r\n \t")
-                start += len(raw) - len(trimmed)
-                raw = trimmed
-            if len(raw) > self.max:
-                self._too_long(self.base + start)
-            yield self.base + start, raw
+                size = len(piece)
+                if piece[:1] in _LEADING_SPACE:
+                    trimmed = piece.lstrip(b"\r\n \t")
+                    yield_at = start + size - len(trimmed)
+                    piece = trimmed
+                else:
+                    yield_at = start
+                start += size + 1
+                if len(piece) > limit:
+                    yield yield_at, Oversize(piece[:_HEAD], len(piece))
+                else:
+                    yield yield_at, piece
+            if carry is not None:
+                pending = carry + terminator + pending
+            if len(pending) > limit:
+                skipped = yield from self._skip(start, pending, terminator, release)
+                if skipped is None:
+                    return
+                start, pending = skipped
+                continue
+            chunk = self._next_chunk()
+            if chunk is None:
+                self._end_of_input(start, pending)
+                return
+            pending = pending + chunk if pending else chunk
 
-    def _end_of_input(self) -> None:
-        buffer = self.buffer
-        rest = bytes(buffer).strip(b"\r\n \t\x00")
+    def _skip(
+        self, start: int, pending: bytes, terminator: bytes, release: bytes | None
+    ) -> Generator[tuple[int, bytes | Oversize], None, tuple[int, bytes] | None]:
+        """Reads past a segment longer than the limit, keeping only its first and last bytes; yields
+        it as ``Oversize`` once its terminator is found. Returns where reading goes on."""
+        stripped = pending.lstrip(b"\r\n \t")
+        at = start + len(pending) - len(stripped)
+        head = stripped[:_HEAD]
+        data = stripped[-_HEAD:]  # the tail tells whether a terminator right after it is released
+        base = len(stripped) - len(data)  # offset of data[0] within the segment
+        while True:
+            end = _find_terminator(data, terminator, release)
+            if end >= 0:
+                length = base + end
+                yield at, Oversize(head, length)
+                return at + length + 1, data[end + 1 :]
+            chunk = self._next_chunk()
+            if chunk is None:
+                raise EdifactSyntaxError(
+                    6,
+                    f"the interchange is truncated: segment {self.count + 1} at byte {at} is longer "
+                    f"than {self.max} bytes and has no segment terminator {self.delimiters.terminator!r}",
+                    segment_tag=_tag_of(head),
+                    offset=at,
+                    interchange_segment=self.count + 1,
+                )
+            keep = data[-_HEAD:]
+            base += len(data) - len(keep)
+            data = keep + chunk
+
+    def _end_of_input(self, start: int, pending: bytes) -> None:
+        rest = pending.strip(b"\r\n \t\x00")
         if rest:
-            offset = self.base + (len(buffer) - len(bytes(buffer).lstrip(b"\r\n \t\x00")))
+            offset = start + len(pending) - len(pending.lstrip(b"\r\n \t\x00"))
             raise EdifactSyntaxError(
                 6,
                 f"the interchange is truncated: {_show(rest[:20])} at byte {offset} is not "
@@ -562,39 +627,32 @@ class _Tokenizer:
                 interchange_segment=self.count + 1,
             )
 
-    def _too_long(self, offset: int) -> None:
-        raise EdifactSyntaxError(
-            6,
-            f"segment {self.count + 1} at byte {offset} is longer than {self.max} bytes "
-            "(no segment terminator found within the limit)",
-            offset=offset,
-            interchange_segment=self.count + 1,
-        )
-
     def segments(self) -> Iterator[PositionedSegment]:
         yield from self.decoded(self.raw_segments())
 
-    def decoded(self, raws: Iterator[tuple[int, bytes]]) -> Iterator[PositionedSegment]:
+    def decoded(self, raws: Iterator[tuple[int, bytes | Oversize]]) -> Iterator[PositionedSegment]:
         """The hot loop: plain segments inline, anything unusual through ``decode``."""
         splitter = self.splitter
         assert splitter is not None
-        codec, invalid, tags = splitter.codec, splitter.invalid.search, self.tags
+        codec, unusual, tags = splitter.codec, splitter.unusual.search, self.tags
         element, component = splitter.element, splitter.component
-        release, repetition = splitter.release or element, splitter.repetition or element
         new = Segment.__new__
         for offset, raw in raws:
             self.count += 1
+            if raw.__class__ is not bytes:
+                yield self.oversize(offset, raw)  # type: ignore[arg-type]
+                continue
             try:
                 text = raw.decode(codec)
             except UnicodeDecodeError:
                 yield self.decode(offset, raw)
                 continue
-            if release in text or repetition in text or invalid(text) is not None:
+            if unusual(text) is not None:  # a release or repetition character, or an invalid one
                 yield self.decode(offset, raw)
                 continue
             parts = text.split(element)
-            tag = parts[0]
-            if tag not in tags:
+            tag = tags.get(parts[0])  # the one string object per tag: caches keep no copies alive
+            if tag is None:
                 yield self.decode(offset, raw)
                 continue
             elements: list[Element] = []
@@ -612,6 +670,23 @@ class _Tokenizer:
             segment.tag = tag
             segment.elements = elements
             yield PositionedSegment(segment, self.count, offset)
+
+    def oversize(self, offset: int, raw: Oversize) -> PositionedSegment:
+        """A segment over the length limit: an empty stand-in with its fault, so that its message is
+        rejected and the messages after it are read as usual."""
+        tag = _tag_of(raw.head)
+        finding = Finding(
+            6,
+            f"segment {self.count} at byte {offset} is {raw.length} bytes long, longer than the limit of "
+            f"{self.max} bytes: it was not read",
+            None,
+            tag,
+            None,
+            None,
+            self.count,
+            offset,
+        )
+        return PositionedSegment(_new_segment(tag or "", []), self.count, offset, (finding,))
 
     def decode(self, offset: int, raw: bytes) -> PositionedSegment:
         splitter = self.splitter
@@ -640,7 +715,8 @@ class _Tokenizer:
                 ),
             )
         if tag not in self.tags and _TAG.fullmatch(tag):
-            self.tags.add(tag)
+            self.tags[tag] = tag
+        tag = self.tags.get(tag, tag)
         if tag not in self.tags:
             if self.delimiters.component in tag and _TAG.fullmatch(tag.split(self.delimiters.component)[0]):
                 tag = tag.split(self.delimiters.component)[0]
@@ -739,6 +815,16 @@ class GroupHeader:
     number: int
     offset: int
 
+    @property
+    def sender(self) -> tuple[str, str | None]:
+        """The application sender of the group (UNG S006: 0040 and its qualifier 0007)."""
+        return _value(self.segment, 1), _value(self.segment, 1, 1) or None
+
+    @property
+    def recipient(self) -> tuple[str, str | None]:
+        """The application recipient of the group (UNG S007: 0044 and its qualifier 0007)."""
+        return _value(self.segment, 2), _value(self.segment, 2, 1) or None
+
 
 @dataclass
 class Message:
@@ -785,9 +871,19 @@ def _prepared(date: str, time: str, syntax_version: int) -> datetime | None:
         return None
 
 
-def _header(tokenizer: _Tokenizer, first: tuple[int, bytes] | None) -> InterchangeHeader:
+def _header(tokenizer: _Tokenizer, first: tuple[int, bytes | Oversize] | None) -> InterchangeHeader:
     """UNB, read twice: once to learn its character set, once more decoded with it."""
-    positioned = tokenizer.decode(*first) if first is not None else None
+    offset, raw = first if first is not None else (0, b"")
+    if isinstance(raw, Oversize):
+        raise EdifactSyntaxError(
+            6,
+            f"the first segment is {raw.length} bytes long, longer than the limit of {tokenizer.max} "
+            "bytes: no interchange header UNB can be read",
+            segment_tag=_tag_of(raw.head),
+            offset=offset,
+            interchange_segment=1,
+        )
+    positioned = tokenizer.decode(offset, raw) if first is not None else None
     if positioned is None or positioned.tag != "UNB":
         raise EdifactSyntaxError(
             13,
@@ -832,8 +928,7 @@ def _header(tokenizer: _Tokenizer, first: tuple[int, bytes] | None) -> Interchan
         )
     tokenizer.set_syntax(charset, version)
     # decode UNB again with its own character set, now known
-    assert first is not None
-    positioned = tokenizer.decode(*first)
+    positioned = tokenizer.decode(offset, raw)
     unb = positioned.segment
     for finding in positioned.findings:
         raise EdifactSyntaxError(
@@ -882,7 +977,7 @@ def _header(tokenizer: _Tokenizer, first: tuple[int, bytes] | None) -> Interchan
 
 def _open(
     source: Source, max_segment_length: int
-) -> tuple[_Tokenizer, Iterator[tuple[int, bytes]], InterchangeHeader]:
+) -> tuple[_Tokenizer, Iterator[tuple[int, bytes | Oversize]], InterchangeHeader]:
     tokenizer = _Tokenizer(source, max_segment_length)
     tokenizer.start()
     raw = tokenizer.raw_segments()

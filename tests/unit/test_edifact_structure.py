@@ -11,9 +11,16 @@ from hypothesis import strategies as st
 from pydifact.segments import Segment
 
 from mappings.edifact.directory import d96b
-from mappings.edifact.structure import check_segment, summarize, validate_interchange, validate_message
+from mappings.edifact.structure import (
+    check_segment,
+    conforms,
+    summarize,
+    validate_interchange,
+    validate_message,
+)
 from mappings.edifact.syntax import (
     Finding,
+    PositionedSegment,
     build_interchange,
     build_message,
     read_interchange,
@@ -309,3 +316,79 @@ def test_the_quick_check_never_passes_what_the_full_check_rejects(
     spec = d96b().segment(tag)
     # a truthy check_codes naming no element takes the full path without checking codes
     assert check_segment(segment, spec) == check_segment(segment, spec, check_codes={"none"})
+
+
+# --- the compiled fast path agrees with the full check ------------------------------------------------
+
+
+def _positioned(segments: list[Segment]) -> list[PositionedSegment]:
+    return [PositionedSegment(segment, number, 0) for number, segment in enumerate(segments, start=1)]
+
+
+def _values() -> st.SearchStrategy[str]:
+    return st.sampled_from(["", "1", "12.5", "1,5", "-3", ".5", "AB", "A" * 36, "9" * 19, "X1", "ZZZ"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    edits=st.lists(
+        st.tuples(
+            st.sampled_from(["drop", "repeat", "swap", "element", "component", "extra"]),
+            st.integers(min_value=0, max_value=200),
+            _values(),
+        ),
+        max_size=4,
+    )
+)
+def test_conforms_never_passes_a_message_the_full_check_faults(edits) -> None:
+    """``conforms`` (transition table learnt from earlier walks, generated element checks) says
+    True only for messages on which ``validate_message`` finds nothing, whatever was learnt before."""
+    message = synthetic()
+    for kind, where, value in edits:
+        position = 1 + where % (len(message) - 2)  # never UNH itself
+        segment = message[position]
+        if kind == "drop":
+            del message[position]
+        elif kind == "repeat":
+            message.insert(position, segment)
+        elif kind == "swap" and position + 1 < len(message):
+            message[position], message[position + 1] = message[position + 1], message[position]
+        elif segment.elements:
+            elements = list(segment.elements)
+            index = where % len(elements)
+            if kind == "element":
+                elements[index] = value
+            elif kind == "component":
+                current = elements[index]
+                parts = list(current) if isinstance(current, list) else [current]
+                parts[where % len(parts)] = value
+                elements[index] = parts
+            else:
+                elements.append(value)
+            message[position] = Segment(segment.tag, *elements)
+    full = validate_message(message, "CUSCAR")
+    if conforms(_positioned(message), "CUSCAR"):
+        assert full == [], summarize(full)
+
+
+def test_conforms_passes_valid_messages_of_new_shapes() -> None:
+    message = synthetic()
+    assert validate_message(message, "CUSCAR") == []
+    assert conforms(_positioned(message), "CUSCAR")
+    cni = next(i for i, s in enumerate(message) if s.tag == "CNI")
+    end = next(i for i, s in enumerate(message) if s.tag == "UNT")
+    longer = message[:end] + message[cni:end] * 3 + message[end:]  # more consignments: a new shape
+    assert validate_message(longer, "CUSCAR") == []
+    assert conforms(_positioned(longer), "CUSCAR")
+    no_bgm = [s for s in message if s.tag != "BGM"]  # BGM is mandatory
+    assert validate_message(no_bgm, "CUSCAR") != []
+    assert not conforms(_positioned(no_bgm), "CUSCAR")
+
+
+def test_conforms_counts_repetitions_exactly() -> None:
+    """A segment repeated beyond its maximum is refused also after shorter runs were learnt."""
+    message = synthetic()
+    dtm = next(i for i, s in enumerate(message) if s.tag == "DTM")
+    for times in range(1, 30):
+        variant = message[:dtm] + [message[dtm]] * times + message[dtm + 1 :]
+        assert conforms(_positioned(variant), "CUSCAR") == (validate_message(variant, "CUSCAR") == [])

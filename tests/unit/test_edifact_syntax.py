@@ -344,7 +344,7 @@ def test_bad_una_service_characters_are_refused() -> None:
     assert error(interchange(head=b"UNA:+.? \xa7")).code == 20  # not ASCII
 
 
-def test_a_huge_segment_is_refused_with_bounded_memory() -> None:
+def test_a_huge_segment_rejects_its_message_in_bounded_memory_and_later_messages_are_read() -> None:
     size = 50 * 1024 * 1024
     head = interchange(b"UNH+M1+CUSCAR:D:96B:UN'FTX+AAA+++", trailer=b"")
 
@@ -353,16 +353,50 @@ def test_a_huge_segment_is_refused_with_bounded_memory() -> None:
         block = b"A" * (1024 * 1024)
         for _ in range(size // len(block)):
             yield block
-        yield b"'UNT+3+M1'UNZ+1+IC1'"
+        yield b"?'released'UNT+3+M1'"  # a released terminator inside the big segment is data
+        yield b"UNH+M2+CUSCAR:D:96B:UN'BGM+85+DOC2+9'UNT+3+M2'UNZ+2+IC1'"
 
     tracemalloc.start()
     try:
-        err = error(chunks(), max_segment_length=1_000_000)
+        reader = read_interchange(chunks(), max_segment_length=1_000_000)
+        messages = list(reader.messages())
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert err.code == 6 and "longer than 1000000 bytes" in err.message
+    first, second = messages
+    (finding,) = first.findings
+    assert finding.code == 6 and finding.segment_tag == "FTX" and finding.segment_position == 2
+    assert f"is {size + 20} bytes long, longer than the limit of 1000000 bytes" in finding.message
+    assert [s.tag for s in first.segments] == ["UNH", "FTX", "UNT"]  # UNT counts it: no count fault
+    assert second.findings == [] and [s.tag for s in second.segments] == ["UNH", "BGM", "UNT"]
+    assert reader.trailer is not None and reader.trailer.count == 2
     assert peak < 10 * 1024 * 1024
+
+
+def test_a_huge_segment_without_terminator_is_a_truncated_interchange() -> None:
+    def chunks() -> Iterator[bytes]:
+        yield interchange(b"UNH+M1+CUSCAR:D:96B:UN'FTX+AAA+++", trailer=b"")
+        for _ in range(3):
+            yield b"A" * 1000
+
+    err = error(chunks(), max_segment_length=1000)
+    assert err.code == 6 and "longer than 1000 bytes and has no segment terminator" in err.message
+
+
+def test_an_oversized_interchange_header_is_refused() -> None:
+    err = error(interchange(head=b"UNA:+.? 'UNB+" + b"X" * 2000 + b"'"), max_segment_length=1000)
+    assert err.code == 6 and "no interchange header UNB can be read" in err.message
+
+
+def test_segments_around_chunk_boundaries_and_released_terminators_are_read_alike() -> None:
+    body = b"UNH+M1+CUSCAR:D:96B:UN'FTX+AAA+++IT?'S A ?'QUOTE?'??'" + b"\r\nUNT+3+M1'"
+    data = interchange(body)
+    whole = [(p.segment.tag, p.segment.elements, p.offset) for p in tokenize(data)]
+    for size in (1, 2, 3, 7):
+        pieces = [data[i : i + size] for i in range(0, len(data), size)]
+        assert [(p.segment.tag, p.segment.elements, p.offset) for p in tokenize(iter(pieces))] == whole
+    ftx = whole[2]
+    assert ftx[1] == ["AAA", "", "", "IT'S A 'QUOTE'?"]
 
 
 def test_a_large_interchange_streams_in_bounded_memory(tmp_path: Path) -> None:
