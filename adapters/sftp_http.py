@@ -1,5 +1,5 @@
-"""Officers' HTTP side of the SFTP channel: register a party's SSH key, list them, see the channel's
-status (``/api/v1``)."""
+"""Officers' HTTP side of the SFTP channel: register a party's SSH key, list and revoke them, see the
+channel's status (``/api/v1``)."""
 
 from __future__ import annotations
 
@@ -89,6 +89,20 @@ async def list_ssh_keys(party_id: str, request: Request) -> list[dict[str, Any]]
         sftp_keys.list_ssh_keys, request.app.state.gateway, actor, party_id
     )
     return keys
+
+
+@router.delete(
+    "/parties/{party_id}/ssh-keys/{key:path}",
+    summary="Revoke a party's SSH key, by fingerprint (SHA256:..., URL-encoded) or key id (officers, or "
+    "the party itself); sessions opened with it are closed",
+    responses={200: {"description": "revoked, or already revoked (`revoked` false)"}},
+)
+async def revoke_ssh_key(party_id: str, key: str, request: Request) -> dict[str, Any]:
+    actor = await _actor(request)
+    revoked: dict[str, Any] = await run_in_threadpool(
+        sftp_keys.revoke_ssh_key, request.app.state.gateway, actor, party_id, key
+    )
+    return revoked
 
 
 @router.get(

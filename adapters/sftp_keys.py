@@ -16,7 +16,7 @@ from typing import Any
 import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 
 from gateway import tables
 from gateway.context import Actor, Gateway, audit, iso_hk
@@ -124,8 +124,26 @@ def register_ssh_key(gw: Gateway, actor: Actor, party_id: str, public_key_text: 
         existing = conn.execute(select(_K).where(_K.c.fingerprint == key.fingerprint)).first()
         if existing is not None:
             if existing.party_id != party_id:
-                raise _bad(f"SSH key {key.fingerprint} is registered to another party")
-            return {**_view(existing), "created": False}
+                raise _bad(
+                    f"SSH key {key.fingerprint} is registered to another party"
+                    + (" (revoked there): make a new key" if existing.revoked_at is not None else "")
+                )
+            if existing.revoked_at is None:
+                return {**_view(existing), "created": False}
+            # Registered again by an officer after it was revoked: live again, and audited as such.
+            conn.execute(update(_K).where(_K.c.key_id == existing.key_id).values(revoked_at=None))
+            audit(
+                conn,
+                gw,
+                actor,
+                "ssh_key.add",
+                "party",
+                party_id,
+                {"key_id": existing.key_id, "revoked_at": iso_hk(existing.revoked_at)},
+                {"key_id": existing.key_id, "fingerprint": key.fingerprint},
+            )
+            row = conn.execute(select(_K).where(_K.c.key_id == existing.key_id)).one()
+            return {**_view(row), "created": True}
         result = conn.execute(
             insert(_K).values(
                 party_id=party_id,
@@ -152,20 +170,86 @@ def register_ssh_key(gw: Gateway, actor: Actor, party_id: str, public_key_text: 
 
 
 def list_ssh_keys(gw: Gateway, actor: Actor, party_id: str) -> list[dict[str, Any]]:
+    """A party's SSH keys, revoked ones too (with ``revoked_at``); officers, or the party itself."""
     if actor.role not in ("officer", "system") and actor.party_id != party_id:
         raise GatewayError.one("NOT_FOUND", f"no party {party_id}", "party_id")
     with gw.engine.connect() as conn:
+        if (
+            conn.scalar(select(tables.parties.c.party_id).where(tables.parties.c.party_id == party_id))
+            is None
+        ):
+            raise GatewayError.one("NOT_FOUND", f"no party {party_id}", "party_id")
         rows = conn.execute(select(_K).where(_K.c.party_id == party_id).order_by(_K.c.key_id)).all()
     return [_view(r) for r in rows]
 
 
-def key_is_registered(gw: Gateway, party_id: str, blob: bytes) -> bool:
-    """Whether ``party_id`` holds this live key (the SFTP server's public-key check)."""
+def login_refusal(gw: Gateway, party_id: str, blob: bytes) -> str | None:
+    """Why ``party_id`` may not log in with this key (for the log, never told to the client), or None:
+    the key must be registered to the party and not revoked, and the party must be active."""
     with gw.engine.connect() as conn:
         row = conn.execute(
-            select(_K.c.public_key).where(
-                _K.c.fingerprint == fingerprint(blob), _K.c.party_id == party_id, _K.c.revoked_at.is_(None)
-            )
+            select(_K.c.public_key, _K.c.revoked_at, tables.parties.c.status)
+            .join(tables.parties, tables.parties.c.party_id == _K.c.party_id)
+            .where(_K.c.fingerprint == fingerprint(blob), _K.c.party_id == party_id)
         ).first()
     # The fingerprint finds the row; the full blob decides, so a hash collision alone never lets one in.
-    return row is not None and row.public_key == base64.b64encode(blob).decode("ascii")
+    if row is None or row.public_key != base64.b64encode(blob).decode("ascii"):
+        return "the key is not registered to this party"
+    if row.revoked_at is not None:
+        return f"the key was revoked at {iso_hk(row.revoked_at)}"
+    if row.status != "ACTIVE":
+        return f"the party is {row.status.lower()}"
+    return None
+
+
+def key_is_registered(gw: Gateway, party_id: str, blob: bytes) -> bool:
+    """Whether ``party_id`` holds this live key and may log in with it (the SFTP server's check)."""
+    return login_refusal(gw, party_id, blob) is None
+
+
+def _find(conn: Any, party_id: str, key: str) -> Any:
+    """A party's key by its id (digits) or its fingerprint (``SHA256:...``, the prefix optional)."""
+    key = key.strip()
+    if key.isdigit():
+        where = _K.c.key_id == int(key)
+    else:
+        where = _K.c.fingerprint == (key if key.startswith("SHA256:") else f"SHA256:{key}")
+    row = conn.execute(select(_K).where(where, _K.c.party_id == party_id)).first()
+    if row is None:
+        raise GatewayError.one(
+            "NOT_FOUND",
+            f"party {party_id} has no SSH key {key[:80]!r} (give its fingerprint, SHA256:..., as "
+            f"'roadcargo party ssh-key list {party_id}' shows it, or its key id)",
+            "fingerprint",
+        )
+    return row
+
+
+def revoke_ssh_key(gw: Gateway, actor: Actor, party_id: str, key: str) -> dict[str, Any]:
+    """Revoke a party's SSH key (by fingerprint or key id): it no longer opens the mailbox, and sessions
+    opened with it are closed by the server. Officers, or the party itself (a key it lost). Revoking a
+    revoked key changes nothing."""
+    if actor.role not in ("officer", "system") and actor.party_id != party_id:
+        raise GatewayError.one("NOT_FOUND", f"no party {party_id}", "party_id")
+    with gw.engine.begin() as conn:
+        if (
+            conn.scalar(select(tables.parties.c.party_id).where(tables.parties.c.party_id == party_id))
+            is None
+        ):
+            raise GatewayError.one("NOT_FOUND", f"no party {party_id}", "party_id")
+        row = _find(conn, party_id, key)
+        if row.revoked_at is not None:
+            return {**_view(row), "revoked": False}
+        conn.execute(update(_K).where(_K.c.key_id == row.key_id).values(revoked_at=gw.now()))
+        audit(
+            conn,
+            gw,
+            actor,
+            "ssh_key.revoke",
+            "party",
+            party_id,
+            {"key_id": row.key_id, "fingerprint": row.fingerprint},
+            None,
+        )
+        row = conn.execute(select(_K).where(_K.c.key_id == row.key_id)).one()
+    return {**_view(row), "revoked": True}

@@ -29,7 +29,8 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from adapters import sftp_keys
-from adapters.sftp_worker import Layout, is_waiting, move, process, settle, waiting_files
+from adapters.sftp_claims import LEASE_SECONDS, Claims
+from adapters.sftp_worker import Layout, is_waiting, move, party_actor, process, settle, waiting_files
 from gateway import tables
 from gateway.config import SftpPullConfig
 from gateway.context import Gateway
@@ -74,14 +75,18 @@ class PartnerState:
     last_success: float | None = None  # Unix time
     last_error: str | None = None
     next_delay: float = 0.0
+    elsewhere: int = 0  # rounds left to another gateway process that held the partner
     attempts: list[float] = field(default_factory=list)  # the latest attempt times, for backoff checks
 
 
 class Poller:
     """One partner's polling thread."""
 
-    def __init__(self, gw: Gateway, config: SftpPullConfig, stopping: threading.Event) -> None:
+    def __init__(
+        self, gw: Gateway, config: SftpPullConfig, stopping: threading.Event, claims: Claims | None = None
+    ) -> None:
         self.gw = gw
+        self.claims = claims if claims is not None else Claims(gw)
         self.config = config
         self.stopping = stopping
         self.layout = spool(gw, config.name)
@@ -100,13 +105,35 @@ class Poller:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def _run(self) -> None:
         while not self.stopping.is_set():
             delay = self.round()
             self.stopping.wait(delay)
 
     def round(self) -> float:
-        """One attempt; returns the seconds to wait until the next one. Never raises."""
+        """One attempt; returns the seconds to wait until the next one. Never raises. A partner polled
+        by another gateway process right now (its lane is claimed) is left to it for this round."""
+        try:
+            claimed = self.claims.acquire(self.source, self.config.party)
+        except SQLAlchemyError as exc:
+            claimed = False
+            log.warning("sftp pull %s: cannot claim the partner now: %s", self.config.name, exc)
+        if not claimed:
+            with self._lock:
+                self.state.elsewhere += 1
+            return backoff(self.config.interval_seconds, 0)
+        try:
+            return self._round()
+        finally:
+            try:
+                self.claims.release(self.source, self.config.party)
+            except SQLAlchemyError as exc:  # the lease ends it
+                log.warning("sftp pull %s: cannot release the partner: %s", self.config.name, exc)
+
+    def _round(self) -> float:
         started = time.time()
         with self._lock:
             self.state.attempts = [*self.state.attempts[-9:], started]
@@ -150,6 +177,16 @@ class Poller:
     # the round
 
     def poll_once(self) -> int:
+        actor = party_actor(self.gw, self.config.party)
+        if actor is None:
+            raise PullError(
+                f"party {self.config.party} of [[sftp.pull]] {self.config.name} is not registered"
+            )
+        if actor.status != "ACTIVE":
+            raise PullError(
+                f"party {self.config.party} is suspended: its server is not polled until an officer "
+                "reinstates it"
+            )
         self.layout.create()
         self._process_local()  # what a crash left in the spool
         client = self._connect()
@@ -236,6 +273,10 @@ class Poller:
         finally:
             tmp.unlink(missing_ok=True)
         outcome = process(self.gw, self.config.party, self.source, self.layout.inbox / name)
+        if not self.claims.holds(self.source, self.config.party):
+            raise PullError(
+                "this process lost its claim on the partner (paused past its lease): left to the other"
+            )
         # Committed: only now may the partner's copy go.
         sftp.remove(remote)
         settle(self.gw, self.layout, name, outcome, error_to_outbox=True)
@@ -325,12 +366,14 @@ def _describe(exc: BaseException) -> str:
 class PullService:
     """All configured partners' pollers."""
 
-    def __init__(self, gw: Gateway) -> None:
+    def __init__(self, gw: Gateway, lease_seconds: float = LEASE_SECONDS) -> None:
         self.gw = gw
         self.stopping = threading.Event()
-        self.pollers = [Poller(gw, cfg, self.stopping) for cfg in gw.config.sftp.pull]
+        self.claims = Claims(gw, lease_seconds)
+        self.pollers = [Poller(gw, cfg, self.stopping, self.claims) for cfg in gw.config.sftp.pull]
 
     def start(self) -> None:
+        self.claims.start()
         for poller in self.pollers:
             poller.start()
             log.info(
@@ -348,6 +391,7 @@ class PullService:
         deadline = time.monotonic() + timeout
         for poller in self.pollers:
             poller.join(max(0.0, deadline - time.monotonic()))
+        self.claims.close(release=not any(p.alive() for p in self.pollers))
 
     def states(self) -> list[PartnerState]:
         return [p.snapshot() for p in self.pollers]

@@ -39,13 +39,24 @@ from paramiko.sftp import (
 from sqlalchemy.exc import SQLAlchemyError
 
 from adapters import sftp_keys
-from adapters.sftp_worker import FOLDERS, PART, Layout, MailboxWorker, fail_upload, mailbox, name_problem
+from adapters.sftp_worker import (
+    FOLDERS,
+    PART,
+    Layout,
+    MailboxWorker,
+    fail_upload,
+    lock_upload,
+    mailbox,
+    name_problem,
+    upload_in_progress,
+)
 from gateway.context import Gateway
 
 log = logging.getLogger("roadcargo.sftp")
 
 HOST_KEY_FILE = "sftp_host_ed25519_key"
 MAX_CONNECTIONS = 200
+RECHECK_SECONDS = 10.0  # how often open sessions are checked against revoked keys and suspended parties
 _PARTY_ID = re.compile(r"^[0-9]{8}$")
 
 
@@ -128,6 +139,7 @@ class _Login(paramiko.ServerInterface):
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
         self.party_id: str | None = None
+        self.key: bytes | None = None  # the key the party logged in with, checked again while it stays
 
     def get_allowed_auths(self, username: str) -> str:
         return "publickey"
@@ -136,14 +148,17 @@ class _Login(paramiko.ServerInterface):
         # Called once to ask whether the key would do and again once its signature is verified.
         if not _PARTY_ID.match(username):
             return paramiko.AUTH_FAILED
+        blob = key.asbytes()
         try:
-            known = sftp_keys.key_is_registered(self.gw, username, key.asbytes())
+            refusal = sftp_keys.login_refusal(self.gw, username, blob)
         except SQLAlchemyError as exc:
             log.warning("sftp: cannot check the key of %s: the database is unavailable (%s)", username, exc)
             return paramiko.AUTH_FAILED
-        if not known:
+        if refusal is not None:
+            log.info("sftp: key %s refused for party %s: %s", sftp_keys.fingerprint(blob), username, refusal)
             return paramiko.AUTH_FAILED
         self.party_id = username
+        self.key = blob
         return paramiko.AUTH_SUCCESSFUL
 
     def check_channel_request(self, kind: str, chanid: int) -> int:
@@ -222,13 +237,20 @@ class _Upload(_File):
         return written
 
     def close(self) -> None:
-        # Never raises: paramiko calls this from its session thread, also after the session died.
-        super().close()
+        # Never raises: paramiko calls this from its session thread, also after the session died. The
+        # file enters the inbox while its upload lock is still held, so that no process takes it for
+        # the leftover of a dead one in between.
         box = self.box
         try:
             why = self.refused or (
                 "the SFTP session ended while the file was still open" if box.ended else None
             )
+            if why is None:
+                try:
+                    self.writefile.flush()
+                    os.fsync(self.writefile.fileno())
+                except OSError as exc:
+                    why = f"the gateway could not store the file: {exc.strerror or exc}"
             if why is not None:
                 fail_upload(box.gw, box.layout, box.party_id, "mailbox", self.staged, self.name, why)
                 return
@@ -249,9 +271,12 @@ class _Upload(_File):
             self.staged.unlink()
             _fsync_dir(target.parent)
             log.info("sftp: party %s uploaded %s", box.party_id, self.name)
-            box.server.worker.submit(box.party_id, self.name)
+            if box.server.worker is not None:
+                box.server.worker.submit(box.party_id, self.name)
         except Exception:
             log.exception("sftp: could not complete the upload of %s by party %s", self.name, box.party_id)
+        finally:
+            super().close()
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -394,6 +419,10 @@ class _Mailbox(SFTPServerInterface):
             # Opened for reading too, so that the handle can be stat'ed; the client's flags still apply.
             mode = (flags & ~(os.O_WRONLY | os.O_RDWR)) | os.O_RDWR | os.O_NOFOLLOW
             fd = os.open(real, mode, 0o640)
+            if not lock_upload(fd):  # another gateway process on this data directory writes it
+                os.close(fd)
+                self.server.release(real)
+                return Refusal(SFTP_FAILURE, f"{real.name} is being written by another session")
             return _File(flags, os.fdopen(fd, "r+b"), True, self, real)
         except BaseException:
             self.server.release(real)
@@ -410,6 +439,7 @@ class _Mailbox(SFTPServerInterface):
             self.layout.uploads.mkdir(parents=True, exist_ok=True, mode=0o750)
             staged = self.layout.uploads / f"{secrets.token_hex(8)}-{name}"
             fd = os.open(staged, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
+            lock_upload(fd)  # a new file: the lock is ours; it tells other processes the upload is alive
             return _Upload(flags & ~os.O_APPEND, os.fdopen(fd, "r+b"), self, staged, name)
         except BaseException:
             self.server.release(real)
@@ -426,7 +456,7 @@ class _Mailbox(SFTPServerInterface):
             return _denied("the mailbox folders cannot be removed")
         if folder == "inbox" and not name.endswith(PART):
             return _denied(f"{name} is waiting to be processed and cannot be removed")
-        if self.server.busy(real):
+        if self.server.busy(real) or upload_in_progress(real):
             return Refusal(SFTP_FAILURE, f"{name} is being written")
         try:
             os.unlink(real)
@@ -452,7 +482,7 @@ class _Mailbox(SFTPServerInterface):
             return _denied(problem)
         if folder == "inbox" and not name.endswith(PART):
             return _denied(f"{name} is waiting to be processed and cannot be renamed")
-        if self.server.busy(real):
+        if self.server.busy(real) or upload_in_progress(real):
             return Refusal(SFTP_FAILURE, f"{name} is still being written: close it first")
         try:
             os.link(real, target)  # never over an existing file
@@ -464,7 +494,8 @@ class _Mailbox(SFTPServerInterface):
             return _os_error(exc)
         if folder == "inbox" and not new_name.endswith(PART):
             log.info("sftp: party %s renamed %s to %s", self.party_id, name, new_name)
-            self.server.worker.submit(self.party_id, new_name)
+            if self.server.worker is not None:
+                self.server.worker.submit(self.party_id, new_name)
         return SFTP_OK
 
     def posix_rename(self, oldpath: str, newpath: str) -> int:
@@ -507,7 +538,14 @@ class SftpServer:
     """Listens for partners, one thread per connection during the key exchange (paramiko blocks there),
     then paramiko's own threads; uploads complete into the worker's queue."""
 
-    def __init__(self, gw: Gateway, worker: MailboxWorker, host: str = "127.0.0.1", port: int = 2222) -> None:
+    def __init__(
+        self,
+        gw: Gateway,
+        worker: MailboxWorker | None,
+        host: str = "127.0.0.1",
+        port: int = 2222,
+        recheck_seconds: float = RECHECK_SECONDS,
+    ) -> None:
         self.gw = gw
         self.worker = worker
         self.host = host
@@ -517,8 +555,10 @@ class SftpServer:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._lock = threading.Lock()
-        self._transports: set[paramiko.Transport] = set()
+        self._transports: dict[paramiko.Transport, _Login] = {}
         self._writing: set[Path] = set()
+        self.recheck_seconds = recheck_seconds
+        self._recheck: threading.Thread | None = None
 
     @property
     def host_key_line(self) -> str:
@@ -532,6 +572,10 @@ class SftpServer:
         self._listener = listener
         self._thread = threading.Thread(target=self._accept, name="roadcargo-sftp-accept", daemon=True)
         self._thread.start()
+        self._recheck = threading.Thread(
+            target=self._recheck_logins, name="roadcargo-sftp-recheck", daemon=True
+        )
+        self._recheck.start()
         log.info(
             "sftp: mailbox server on %s:%d, host key %s",
             self.host,
@@ -552,6 +596,32 @@ class SftpServer:
             transport.close()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self._recheck is not None:
+            self._recheck.join(timeout=5)
+
+    # logins that lost their right: a revoked key, a suspended party
+
+    def _recheck_logins(self) -> None:
+        while not self._stopping.wait(self.recheck_seconds):
+            try:
+                self.recheck_logins()
+            except SQLAlchemyError as exc:
+                log.warning("sftp: cannot recheck the open sessions: %s", exc)
+
+    def recheck_logins(self) -> int:
+        """Close the connections whose key was revoked or whose party was suspended since they logged
+        in; returns how many were closed."""
+        with self._lock:
+            logged_in = [(t, login) for t, login in self._transports.items() if login.key is not None]
+        closed = 0
+        for transport, login in logged_in:
+            assert login.party_id is not None and login.key is not None
+            refusal = sftp_keys.login_refusal(self.gw, login.party_id, login.key)
+            if refusal is not None and transport.is_active():
+                log.warning("sftp: closed the session of party %s: %s", login.party_id, refusal)
+                transport.close()
+                closed += 1
+        return closed
 
     # files being written, across sessions
 
@@ -583,7 +653,7 @@ class SftpServer:
                 log.warning("sftp: accept failed: %s", exc)
                 continue
             with self._lock:
-                self._transports = {t for t in self._transports if t.is_active()}
+                self._transports = {t: v for t, v in self._transports.items() if t.is_active()}
                 crowded = len(self._transports) >= MAX_CONNECTIONS
             if crowded:
                 log.warning(
@@ -603,12 +673,13 @@ class SftpServer:
             transport.auth_timeout = 30
             transport.add_server_key(self.host_key)
             transport.set_subsystem_handler("sftp", _Session, _Mailbox, self)
+            login = _Login(self.gw)
             with self._lock:
                 if self._stopping.is_set():
                     transport.close()
                     return
-                self._transports.add(transport)
-            transport.start_server(server=_Login(self.gw))
+                self._transports[transport] = login
+            transport.start_server(server=login)
             # Probes a silent peer, so that a dead connection ends its session (and its open uploads).
             transport.set_keepalive(30)
         except (paramiko.SSHException, EOFError, OSError) as exc:

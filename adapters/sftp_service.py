@@ -6,6 +6,7 @@ another process than the server's)."""
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +14,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
+from adapters import sftp_claims
+from adapters.sftp_claims import LEASE_SECONDS
 from adapters.sftp_pull import PullService, local_waiting
 from adapters.sftp_server import SftpServer
 from adapters.sftp_worker import PART, MailboxWorker, mailbox, mailbox_parties, waiting_files
@@ -22,25 +25,45 @@ from gateway.context import Gateway, iso_hk
 log = logging.getLogger("roadcargo.sftp")
 
 DEFAULT_PORT = 2222
+RESCAN_SECONDS = 2.0  # how soon a worker finds files uploaded to another process's server
 
 
 class SftpService:
+    """The SFTP channel of one process. ``listen``: the mailbox server (``roadcargo serve``);
+    ``background``: the mailbox worker and the partner pollers (``roadcargo serve`` unless
+    ``--no-background``, and ``roadcargo worker``). Without a worker in the process, uploads wait in
+    the inboxes for the worker of another process, which finds them by its rescan."""
+
     def __init__(
-        self, gw: Gateway, host: str = "127.0.0.1", port: int = DEFAULT_PORT, threads: int = 2
+        self,
+        gw: Gateway,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        threads: int = 2,
+        *,
+        background: bool = True,
+        listen: bool = True,
+        rescan_seconds: float = RESCAN_SECONDS,
+        lease_seconds: float = LEASE_SECONDS,
     ) -> None:
         self.gw = gw
         self.host = host
         self.port = port
-        self.worker = MailboxWorker(gw, threads=threads)
+        self.listen = listen
+        self.worker = MailboxWorker(gw, threads, rescan_seconds, lease_seconds) if background else None
+        self.pull = PullService(gw, lease_seconds) if background else None
         self.server: SftpServer | None = None
-        self.pull = PullService(gw)
 
     def start(self) -> str | None:
         """Start the worker, the pollers and the server. Returns why the server could not listen (the port
         is taken, no ssh-keygen for the host key) or None; the rest runs in any case, so files already in
         the mailboxes and the partners' servers are still served."""
-        self.worker.start()
-        self.pull.start()
+        if self.worker is not None:
+            self.worker.start()
+        if self.pull is not None:
+            self.pull.start()
+        if not self.listen:
+            return None
         try:
             server = SftpServer(self.gw, self.worker, self.host, self.port)
             server.start()
@@ -54,11 +77,53 @@ class SftpService:
     def stop(self) -> None:
         if self.server is not None:
             self.server.stop()
-        self.pull.stop()
-        self.worker.stop()
+        if self.pull is not None:
+            self.pull.stop()
+        if self.worker is not None:
+            self.worker.stop()
 
     def collector(self) -> Collector:
         return _Metrics(self)
+
+
+# -- the entry points of background work (``roadcargo worker``, ``roadcargo serve``) ------------------
+
+
+def start_processing(
+    gw: Gateway,
+    threads: int = 2,
+    rescan_seconds: float = RESCAN_SECONDS,
+    lease_seconds: float = LEASE_SECONDS,
+) -> SftpService:
+    """Start the mailbox processing and the partner polling of this process, without the SFTP server;
+    returns the running service (``stop()`` ends it, ``collector()`` gives its metrics). Safe to run in
+    any number of processes on one data directory and database: each mailbox and each partner is
+    claimed by one process at a time."""
+    service = SftpService(
+        gw,
+        threads=threads,
+        background=True,
+        listen=False,
+        rescan_seconds=rescan_seconds,
+        lease_seconds=lease_seconds,
+    )
+    service.start()
+    return service
+
+
+def run_background(
+    gw: Gateway,
+    stop: threading.Event,
+    threads: int = 2,
+    rescan_seconds: float = RESCAN_SECONDS,
+    lease_seconds: float = LEASE_SECONDS,
+) -> None:
+    """Mailbox processing and partner polling until ``stop`` is set (blocks; for a worker's thread)."""
+    service = start_processing(gw, threads, rescan_seconds, lease_seconds)
+    try:
+        stop.wait()
+    finally:
+        service.stop()
 
 
 class _Metrics(Collector):
@@ -67,15 +132,23 @@ class _Metrics(Collector):
 
     def collect(self) -> Iterator[Any]:
         worker = self.service.worker
-        files = CounterMetricFamily(
-            "roadcargo_sftp_mailbox_files", "mailbox files processed, by outcome", labels=["outcome"]
-        )
-        files.add_metric(["processed"], worker.processed)
-        files.add_metric(["failed"], worker.failed)
-        yield files
-        yield GaugeMetricFamily(
-            "roadcargo_sftp_mailbox_queued", "mailbox files queued or in work", worker.waiting()
-        )
+        if worker is not None:
+            files = CounterMetricFamily(
+                "roadcargo_sftp_mailbox_files", "mailbox files processed, by outcome", labels=["outcome"]
+            )
+            files.add_metric(["processed"], worker.processed)
+            files.add_metric(["failed"], worker.failed)
+            yield files
+            yield GaugeMetricFamily(
+                "roadcargo_sftp_mailbox_queued", "mailbox files queued or in work", worker.waiting()
+            )
+            yield CounterMetricFamily(
+                "roadcargo_sftp_mailbox_claimed_elsewhere",
+                "times a mailbox with files was found at work in another gateway process",
+                worker.skipped,
+            )
+        if self.service.pull is None:
+            return
         up = GaugeMetricFamily(
             "roadcargo_sftp_pull_up", "1 when the last round with a partner worked", labels=["partner"]
         )
@@ -83,6 +156,11 @@ class _Metrics(Collector):
             "roadcargo_sftp_pull_consecutive_failures", "failed rounds in a row", labels=["partner"]
         )
         failures = CounterMetricFamily("roadcargo_sftp_pull_failures", "failed rounds", labels=["partner"])
+        elsewhere = CounterMetricFamily(
+            "roadcargo_sftp_pull_claimed_elsewhere",
+            "rounds left to another gateway process polling the partner",
+            labels=["partner"],
+        )
         fetched = CounterMetricFamily(
             "roadcargo_sftp_pull_files", "files fetched and processed", labels=["partner"]
         )
@@ -101,9 +179,10 @@ class _Metrics(Collector):
             failing.add_metric([state.name], state.consecutive_failures)
             failures.add_metric([state.name], state.failures_total)
             fetched.add_metric([state.name], state.files_total)
+            elsewhere.add_metric([state.name], state.elsewhere)
             delay.add_metric([state.name], state.next_delay)
             success.add_metric([state.name], state.last_success or 0.0)
-        yield from (up, failing, failures, fetched, delay, success)
+        yield from (up, failing, failures, fetched, elsewhere, delay, success)
 
 
 # -- status -------------------------------------------------------------------------------------------
@@ -135,6 +214,7 @@ def status(gw: Gateway) -> dict[str, Any]:
             conn.scalars(select(tables.ssh_keys.c.party_id).where(tables.ssh_keys.c.revoked_at.is_(None)))
         )
         pulled = {r.name: r for r in conn.execute(select(_S))}
+    claims = sftp_claims.current(gw)
     mailboxes = []
     for party_id in sorted(with_keys | set(mailbox_parties(gw))):
         inbox = mailbox(gw, party_id).inbox
@@ -152,6 +232,7 @@ def status(gw: Gateway) -> dict[str, Any]:
                 "last_error": None
                 if error is None
                 else {"at": iso_hk(error.completed_at), "file": error.name, "error": error.error},
+                "at_work": _at_work(claims.get(("mailbox", party_id))),
             }
         )
     partners = []
@@ -170,9 +251,17 @@ def status(gw: Gateway) -> dict[str, Any]:
                 "last_error": None
                 if row is None or row.last_error is None
                 else {"at": iso_hk(row.last_error_at), "error": row.last_error},
+                "at_work": _at_work(claims.get((f"pull:{cfg.name}", cfg.party))),
             }
         )
     return {"mailboxes": mailboxes, "pull": partners, "at": iso_hk(gw.now())}
+
+
+def _at_work(claim: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Which gateway process works on a mailbox or partner now, on which file, until when."""
+    if claim is None:
+        return None
+    return {"process": claim["owner"], "file": claim["file"], "lease_until": iso_hk(claim["lease_until"])}
 
 
 def status_text(report: dict[str, Any]) -> str:
@@ -186,6 +275,7 @@ def status_text(report: dict[str, Any]) -> str:
             + (f" (+{box['partial']} .part)" if box["partial"] else "")
             + f", last success {box['last_success'] or 'never'}"
             + (f", last error {error['at']} {error['file']}: {error['error']}" if error else ", no error")
+            + _work_text(box.get("at_work"))
         )
     lines.append("SFTP pull partners:")
     if not report["pull"]:
@@ -201,5 +291,12 @@ def status_text(report: dict[str, Any]) -> str:
                 if error
                 else ", no error"
             )
+            + _work_text(partner.get("at_work"))
         )
     return "\n".join(lines)
+
+
+def _work_text(work: dict[str, Any] | None) -> str:
+    if not work:
+        return ""
+    return f"; at work in {work['process']}" + (f" on {work['file']}" if work["file"] else "")

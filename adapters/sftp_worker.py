@@ -5,10 +5,16 @@ reason it failed) are committed in ``sftp_files``/``sftp_replies``, then written
 then does the input leave the inbox. A crash at any point leaves the file in the inbox: the restart
 processes it again (every business action is idempotent, and committed replies are reused), so nothing is
 lost and nothing is done twice. A file that keeps crashing the process is failed after MAX_ATTEMPTS.
+
+Several gateway processes may share one data directory and database: a mailbox (or a polled partner) is
+claimed by one of them at a time (``adapters.sftp_claims``), so no file is processed twice at once, and
+an upload in progress holds a ``flock`` on its staged file, so that only the uploads of dead processes are
+filed as incomplete.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -24,7 +30,8 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from adapters.ingest import IngestError, ingest_file
-from gateway import tables
+from adapters.sftp_claims import LEASE_SECONDS, Claims
+from gateway import metrics, tables
 from gateway.context import Actor, Gateway, iso_hk
 
 log = logging.getLogger("roadcargo.sftp")
@@ -108,7 +115,13 @@ def waiting_files(inbox: Path) -> list[str]:
         entries = [e for e in os.scandir(inbox) if e.is_file(follow_symlinks=False) and is_waiting(e.name)]
     except FileNotFoundError:
         return []
-    return [e.name for e in sorted(entries, key=lambda e: (e.stat().st_mtime_ns, e.name))]
+    dated = []
+    for entry in entries:
+        try:
+            dated.append((entry.stat(follow_symlinks=False).st_mtime_ns, entry.name))
+        except FileNotFoundError:  # filed meanwhile by the process working on this mailbox
+            continue
+    return [name for _mtime, name in sorted(dated)]
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -236,6 +249,7 @@ def process(gw: Gateway, party_id: str, source: str, path: Path) -> Outcome:
         replies = ingest_file(gw, actor, path)
     except IngestError as exc:
         log.info("sftp: %s of party %s refused: %s", name, party_id, exc)
+        metrics.observe_ingest("sftp", 422, time.monotonic() - started)
         return _fail(gw, file_id, str(exc))
     with gw.engine.begin() as conn:
         if replies:
@@ -244,6 +258,7 @@ def process(gw: Gateway, party_id: str, source: str, path: Path) -> Outcome:
             )
         conn.execute(update(_F).where(_F.c.file_id == file_id).values(status="DONE", completed_at=gw.now()))
     log.info("sftp: %s of party %s processed in %.1f s", name, party_id, time.monotonic() - started)
+    metrics.observe_ingest("sftp", 200, time.monotonic() - started)
     return Outcome(file_id, replies, None)
 
 
@@ -321,33 +336,100 @@ def fail_upload(
         log.exception("sftp: could not file the incomplete upload %s of party %s", name, party_id)
 
 
+# -- uploads in progress, across processes -----------------------------------------------------------
+
+
+def lock_upload(fd: int) -> bool:
+    """Mark an open upload as in progress with an exclusive ``flock``, held until its process closes it
+    or dies; False when another open handle (of any process) holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def upload_in_progress(path: Path) -> bool:
+    """Whether some process (this one included) is writing ``path``: its upload lock is held."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        if not lock_upload(fd):
+            return True
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+ORPHAN_AGE = 5.0  # seconds an unlocked staged upload is left alone after its last change (creation, lock)
+
+
+def recover_uploads(gw: Gateway, min_age: float = ORPHAN_AGE) -> int:
+    """Uploads whose process stopped or died with the file open never reach an inbox: file them as
+    failed. An upload another process is still writing holds its lock and is left alone."""
+    filed = 0
+    for party_id in mailbox_parties(gw):
+        layout = mailbox(gw, party_id)
+        for staged in _entries(layout.uploads):
+            try:
+                if time.time() - staged.stat().st_ctime < min_age or upload_in_progress(staged):
+                    continue
+            except FileNotFoundError:
+                continue  # completed meanwhile
+            name = staged.name.partition("-")[2] or staged.name
+            fail_upload(gw, layout, party_id, "mailbox", staged, name, "the gateway stopped during it")
+            filed += 1
+    return filed
+
+
 # -- the queue ---------------------------------------------------------------------------------------
+
+MAILBOX = "mailbox"
 
 
 class MailboxWorker:
     """Processes the files of the hosted mailboxes in background threads: one file at a time per party
     (in arrival order, so an amendment follows its lodgement), several parties at once, so that one
-    partner's big file never holds up the others. Files left in inboxes are taken at start (resume);
-    a rescan every few seconds takes anything a notification missed and retries what failed."""
+    partner's big file never holds up the others.
 
-    def __init__(self, gw: Gateway, threads: int = 2, rescan_seconds: float = 5.0) -> None:
+    Any number of processes may run a worker on one data directory and database: a worker claims a
+    party's mailbox (``adapters.sftp_claims``) before it touches its files, then processes the waiting
+    files oldest first until none is left, and releases it. A mailbox claimed by another live process is
+    skipped; one whose claimant died is taken over (at once on the same machine, otherwise when the
+    lease runs out). Files left in inboxes are taken at start (resume); a rescan every few seconds takes
+    anything a notification missed (uploads received by another process), retries what failed and
+    files the uploads of processes that died."""
+
+    def __init__(
+        self,
+        gw: Gateway,
+        threads: int = 2,
+        rescan_seconds: float = 5.0,
+        lease_seconds: float = LEASE_SECONDS,
+    ) -> None:
         self.gw = gw
         self.threads = max(1, threads)
         self.rescan_seconds = rescan_seconds
+        self.claims = Claims(gw, lease_seconds)
         self._cond = threading.Condition()
-        self._pending: dict[str, list[str]] = {}
+        self._pending: dict[str, None] = {}  # parties with files to look at, in order of notice
         self._busy: set[str] = set()
-        self._retry_at: dict[tuple[str, str], float] = {}
-        self._failures: dict[tuple[str, str], int] = {}
+        self._retry_at: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
         self._stopping = False
         self._stopped = threading.Event()
         self._workers: list[threading.Thread] = []
         self.processed = 0
         self.failed = 0
+        self.skipped = 0  # mailboxes found claimed by another process
 
     # the public face
 
     def start(self) -> None:
+        self.claims.start()
         self._recover_uploads()
         self.scan()
         for i in range(self.threads):
@@ -360,7 +442,8 @@ class MailboxWorker:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop taking files; a file being processed is left to finish within ``timeout`` (if it does not,
-        it stays in its inbox and the next start resumes it)."""
+        it stays in its inbox, claimed until the process ends, and a restart or another process resumes
+        it)."""
         self._stopped.set()
         with self._cond:
             self._stopping = True
@@ -368,25 +451,26 @@ class MailboxWorker:
         deadline = time.monotonic() + timeout
         for t in self._workers:
             t.join(max(0.0, deadline - time.monotonic()))
+        self.claims.close(release=not any(t.is_alive() for t in self._workers))
 
-    def submit(self, party_id: str, name: str) -> None:
-        """A complete file is in the party's inbox."""
+    def submit(self, party_id: str, name: str | None = None) -> None:
+        """A complete file is in the party's inbox (``name``, kept for the log: the mailbox is taken
+        in order as a whole)."""
         with self._cond:
-            if self._retry_at.get((party_id, name), 0.0) > time.monotonic():
+            if self._retry_at.get(party_id, 0.0) > time.monotonic():
                 return
-            queue = self._pending.setdefault(party_id, [])
-            if name not in queue:
-                queue.append(name)
+            if party_id not in self._pending:
+                self._pending[party_id] = None
                 self._cond.notify_all()
 
     def scan(self) -> None:
         for party_id in mailbox_parties(self.gw):
-            for name in waiting_files(mailbox(self.gw, party_id).inbox):
-                self.submit(party_id, name)
+            if waiting_files(mailbox(self.gw, party_id).inbox):
+                self.submit(party_id)
 
     def idle(self) -> bool:
         with self._cond:
-            return not self._busy and not any(self._pending.values())
+            return not self._busy and not self._pending
 
     def wait_idle(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -397,29 +481,31 @@ class MailboxWorker:
         return self.idle()
 
     def waiting(self) -> int:
+        """Files waiting in the mailboxes this worker has been told of or is working on."""
         with self._cond:
-            return sum(len(q) for q in self._pending.values()) + len(self._busy)
+            parties = set(self._pending) | self._busy
+        return sum(len(waiting_files(mailbox(self.gw, p).inbox)) for p in parties)
 
     # the threads
 
-    def _next(self) -> tuple[str, str] | None:
+    def _next(self) -> str | None:
         with self._cond:
             while not self._stopping:
-                for party_id, queue in self._pending.items():
-                    if queue and party_id not in self._busy:
+                for party_id in self._pending:
+                    if party_id not in self._busy:
+                        del self._pending[party_id]
                         self._busy.add(party_id)
-                        return party_id, queue.pop(0)
+                        return party_id
                 self._cond.wait()
         return None
 
     def _run(self) -> None:
-        while (job := self._next()) is not None:
-            party_id, name = job
+        while (party_id := self._next()) is not None:
             try:
-                self._handle(party_id, name)
+                self._drain(party_id)
             except Exception:  # the thread must survive anything one file does
-                log.exception("sftp: unexpected fault with %s of party %s", name, party_id)
-                self._retry_later(party_id, name)
+                log.exception("sftp: unexpected fault with the mailbox of party %s", party_id)
+                self._retry_later(party_id)
             finally:
                 with self._cond:
                     self._busy.discard(party_id)
@@ -430,49 +516,77 @@ class MailboxWorker:
         # worker, leaving a file to wait for the next one.
         while not self._stopped.wait(self.rescan_seconds):
             try:
+                self._recover_uploads()
                 self.scan()
-            except OSError:
+            except (OSError, SQLAlchemyError):
                 log.exception("sftp: rescan of the mailboxes failed")
 
-    def _retry_later(self, party_id: str, name: str) -> None:
-        key = (party_id, name)
-        failures = self._failures.get(key, 0) + 1
-        self._failures[key] = failures
+    def _retry_later(self, party_id: str) -> None:
+        failures = self._failures.get(party_id, 0) + 1
+        self._failures[party_id] = failures
         delay = min(300.0, 2.0 ** min(failures, 9))
-        log.warning("sftp: %s of party %s stays in the inbox; retried in %.0f s", name, party_id, delay)
+        log.warning("sftp: the mailbox of party %s waits; retried in %.0f s", party_id, delay)
         with self._cond:
-            self._retry_at[key] = time.monotonic() + delay
+            self._retry_at[party_id] = time.monotonic() + delay
 
-    def _handle(self, party_id: str, name: str) -> None:
+    def _drain(self, party_id: str) -> None:
+        """Claim the party's mailbox and process its waiting files, oldest first, until none is left."""
         layout = mailbox(self.gw, party_id)
+        if not waiting_files(layout.inbox):
+            return
+        try:
+            claimed = self.claims.acquire(MAILBOX, party_id)
+        except SQLAlchemyError as exc:
+            log.warning("sftp: cannot claim the mailbox of party %s now: %s", party_id, exc)
+            self._retry_later(party_id)
+            return
+        if not claimed:
+            # Another process works on this mailbox and takes its files in turn; the rescan comes back
+            # in case it dies.
+            with self._cond:
+                self.skipped += 1
+            return
+        try:
+            while not self._stopped.is_set():
+                names = waiting_files(layout.inbox)
+                if not names:
+                    return
+                if not self._handle(party_id, layout, names[0]):
+                    return
+        finally:
+            try:
+                self.claims.release(MAILBOX, party_id)
+            except SQLAlchemyError as exc:  # the lease ends it
+                log.warning("sftp: cannot release the mailbox of party %s: %s", party_id, exc)
+
+    def _handle(self, party_id: str, layout: Layout, name: str) -> bool:
+        """Process and file one waiting file; False when the mailbox must wait (a transient fault)."""
         path = layout.inbox / name
         if not path.is_file() or path.is_symlink():
-            return  # already filed (a duplicate notification), or not a file we take
+            return True  # gone meanwhile, or not a file we take
         try:
-            outcome = process(self.gw, party_id, "mailbox", path)
+            self.claims.note(MAILBOX, party_id, name)
+            outcome = process(self.gw, party_id, MAILBOX, path)
+            if not self.claims.holds(MAILBOX, party_id):
+                # Paused past the lease, the mailbox was taken over: the new claimant files this file.
+                return False
             layout.create()
             settle(self.gw, layout, name, outcome)
         except (SQLAlchemyError, OSError) as exc:
             log.warning("sftp: %s of party %s not processed now: %s", name, party_id, exc)
-            self._retry_later(party_id, name)
-            return
+            self._retry_later(party_id)
+            return False
         with self._cond:
-            self._retry_at.pop((party_id, name), None)
-            self._failures.pop((party_id, name), None)
+            self._retry_at.pop(party_id, None)
+            self._failures.pop(party_id, None)
             if outcome.replies is None:
                 self.failed += 1
             else:
                 self.processed += 1
+        return True
 
     def _recover_uploads(self) -> None:
-        """Uploads cut short by a stop or crash of the gateway never reached an inbox: file them as failed."""
-        for party_id in mailbox_parties(self.gw):
-            layout = mailbox(self.gw, party_id)
-            for staged in _entries(layout.uploads):
-                name = staged.name.partition("-")[2] or staged.name
-                fail_upload(
-                    self.gw, layout, party_id, "mailbox", staged, name, "the gateway restarted during it"
-                )
+        recover_uploads(self.gw)
 
 
 def _entries(folder: Path) -> Iterator[Path]:

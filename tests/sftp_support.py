@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -113,3 +114,59 @@ def wait_for(check: Callable[[], bool], timeout: float = 20.0, what: str = "the 
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.05)
+
+
+# -- another gateway process doing SFTP background work ------------------------------------------------
+
+# What `roadcargo worker` runs for the SFTP channel (adapters.sftp_service.start_processing), in a
+# process of its own on the given database and data directory, with the real clock; SIGTERM stops it.
+WORKER_SCRIPT = """
+import dataclasses, logging, signal, sys, threading
+from adapters import sftp_service
+from gateway import db
+from gateway.config import Config, ServerConfig
+from gateway.context import Gateway
+
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s: %(message)s")
+url, data_dir, lease, rescan = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+gw = Gateway(db.make_engine(url), dataclasses.replace(Config(), server=ServerConfig(data_dir=data_dir)))
+stop = threading.Event()
+signal.signal(signal.SIGTERM, lambda *_: stop.set())
+service = sftp_service.start_processing(gw, threads=2, rescan_seconds=rescan, lease_seconds=lease)
+print("started", flush=True)
+stop.wait()
+service.stop()
+print("stopped", flush=True)
+"""
+
+
+def start_worker_process(
+    db_url: str, data_dir: Path, log: Path, lease_seconds: float = 60.0, rescan_seconds: float = 0.3
+) -> subprocess.Popen[str]:
+    """A separate gateway process running the SFTP mailbox worker; returns once it has started (its
+    start files orphaned uploads and scans the mailboxes)."""
+    out = log.open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-c", WORKER_SCRIPT, db_url, str(data_dir), str(lease_seconds), str(rescan_seconds)],
+        stdout=subprocess.PIPE,
+        stderr=out,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    out.close()
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if line.strip() != "started":
+        process.kill()
+        pytest.fail(f"the worker process did not start: {log.read_text()[-3000:]}")
+    return process
+
+
+def stop_process(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,6 +1,7 @@
 """Kill -9 in the middle of a big file: ``roadcargo serve`` as a process, a 10,000-consignment CUSCAR
 uploaded with OpenSSH ``sftp``, the gateway SIGKILLed while it processes the file, then restarted. The
-file is processed to the end, every consignment has exactly one CCRN, the replies are complete."""
+file is processed to the end, every consignment has exactly one CCRN, the replies are complete. And
+with two ``roadcargo serve`` processes on one site: the one at work is killed, the other finishes."""
 
 from __future__ import annotations
 
@@ -193,3 +194,69 @@ def test_a_gateway_killed_mid_file_finishes_it_after_restart_without_loss_or_dup
     contrl = segments((site.folder / "big.edi.contrl.edi").read_bytes())
     assert next(s for s in contrl if s[0] == "UCI")[4] == "7"  # the interchange accepted
     assert "big.edi" not in got.stdout.split("ls -1 inbox")[-1]
+
+
+def test_a_killed_process_mid_file_is_finished_by_the_other_running_process(site):
+    """Two ``roadcargo serve`` processes on one data directory and database (issue 10): the one at work
+    on a big file is killed with SIGKILL; the other, still running, takes its claim over and finishes
+    the file without loss or duplicates."""
+    tool("sftp")
+    key, public = make_key(site.folder / "keys", "twofwd")
+    (site.folder / "twofwd.pub").write_text(public)
+    tomorrow = (date.today() + timedelta(days=1)).strftime("%Y%m%d")
+    (site.folder / "big.edi").write_bytes(
+        cuscar(SENDER, "TWO00001", tomorrow, consignments=CONSIGNMENTS, per_message=500)
+    )
+    other = Site(site.folder, site.db_url, site.config, free_port())  # a second listener, same site
+    with serving(site, "serve-a.log") as first, serving(other, "serve-b.log") as second:
+        added = site.cli(
+            "party", "add", "--role", "forwarder", "--name", "Two Freight", "--edi-id", SENDER,
+            "--ssh-key", str(site.folder / "twofwd.pub"), "--json",
+        )  # fmt: skip
+        assert added.returncode == 0, added.stderr
+        party_id = json.loads(added.stdout)["party_id"]
+        known_hosts = site.folder / "known_hosts"
+        host_key = " ".join((site.data / "sftp_host_ed25519_key.pub").read_text().split()[:2])
+        known_hosts.write_text(f"[127.0.0.1]:{site.sftp_port} {host_key}\n")
+        put = subprocess.run(
+            [
+                tool("sftp"), "-b", "-", "-i", str(key), "-P", str(site.sftp_port), "-o", "BatchMode=yes",
+                "-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes",
+                "-o", "IdentitiesOnly=yes", f"{party_id}@127.0.0.1",
+            ],
+            input="put big.edi inbox/big.edi\n", capture_output=True, text=True, timeout=60, cwd=site.folder,
+        )  # fmt: skip
+        assert put.returncode == 0, put.stderr
+
+        def claimant() -> int | None:
+            engine = create_engine(site.db_url)
+            try:
+                with engine.connect() as conn:
+                    owner = conn.scalar(select(tables.sftp_claims.c.owner))
+            finally:
+                engine.dispose()
+            return None if owner is None else int(owner.rpartition("/pid:")[2].partition("/")[0])
+
+        wait_for(lambda: counts(site, party_id)[0] > 0 and claimant() is not None, 60, "the file at work")
+        pid = claimant()
+        victim, survivor = (first, second) if pid == first.pid else (second, first)
+        assert pid == victim.pid  # the claim is one of the two servers'
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        assert counts(site, party_id)[0] < CONSIGNMENTS
+        finished = site.data / "sftp" / party_id / "archive" / "big.edi"
+        wait_for(finished.exists, 120, "the surviving process to finish the file")
+        wait_for(lambda: claimant() is None, 30, "the survivor to release the mailbox")
+        assert survivor.poll() is None
+
+    rows, references, versions = counts(site, party_id)
+    assert rows == references == versions == CONSIGNMENTS
+    outbox = site.data / "sftp" / party_id / "outbox"
+    ccrns = cusres_ccrns((outbox / "big.edi.cusres.edi").read_bytes())
+    assert len(ccrns) == CONSIGNMENTS and len(set(ccrns.values())) == CONSIGNMENTS
+    engine = create_engine(site.db_url)
+    with engine.connect() as conn:
+        files = tables.sftp_files
+        attempts = conn.scalar(select(files.c.attempts).where(files.c.name == "big.edi"))
+    engine.dispose()
+    assert attempts == 2

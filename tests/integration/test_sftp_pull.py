@@ -14,10 +14,11 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select, update
 from starlette.testclient import TestClient
 
 from adapters.sftp_pull import Poller, PullService, backoff, spool
@@ -25,7 +26,8 @@ from adapters.sftp_service import SftpService, status, status_text
 from gateway import tables
 from gateway.app import create_app
 from gateway.config import ServerConfig, SftpConfig, SftpPullConfig
-from gateway.context import Gateway
+from gateway.context import SYSTEM, Gateway
+from gateway.parties import reinstate, suspend
 from tests.factories import Parties
 from tests.sftp_support import cuscar, cusres_ccrns, make_key, tool, wait_for
 
@@ -238,6 +240,45 @@ def test_a_partner_that_is_down_is_retried_with_backoff_and_others_go_on(setting
     assert 'roadcargo_sftp_pull_files_total{partner="bigforwarder"} 1.0' in metrics
     text = status_text(status(gw))
     assert "downforwarder" in text and "connection refused" in text
+
+
+def test_a_partner_polled_by_another_process_is_left_to_it(setting, sshd):
+    now = datetime.now(UTC)
+    with setting.gw.engine.begin() as conn:
+        conn.execute(
+            insert(tables.sftp_claims).values(
+                source="pull:bigforwarder",
+                party_id=setting.party_id,
+                owner="gw-node-2.example/0badf00d/4026531836/pid:4242/abcdef",
+                claimed_at=now,
+                lease_until=now + timedelta(hours=1),
+            )
+        )
+    sshd.put("m5.edi", cuscar(SENDER, "PULL0005", CROSSING, consignments=2))
+    poller = Poller(setting.gw, setting.pull, stopping=_never())
+    assert poller.round() == 1.0  # not a failure: the next round after the interval
+    assert poller.snapshot().elsewhere == 1 and poller.snapshot().consecutive_failures == 0
+    assert [p.name for p in sshd.inbox.iterdir()] == ["m5.edi"] and consignment_count(setting.gw) == 0
+    assert status(setting.gw)["pull"][0]["at_work"]["process"].startswith("gw-node-2.example/")
+    with setting.gw.engine.begin() as conn:  # that process died an hour ago: its lease has run out
+        conn.execute(update(tables.sftp_claims).values(lease_until=now - timedelta(seconds=1)))
+    assert poller.round() == 1.0
+    assert list(sshd.inbox.iterdir()) == [] and consignment_count(setting.gw) == 2
+    with setting.gw.engine.connect() as conn:  # released after the round
+        assert conn.scalar(select(func.count()).select_from(tables.sftp_claims)) == 0
+
+
+def test_a_suspended_partys_server_is_not_polled(setting, sshd):
+    suspend(setting.gw, SYSTEM, setting.party_id)
+    sshd.put("m6.edi", cuscar(SENDER, "PULL0006", CROSSING, consignments=2))
+    poller = Poller(setting.gw, setting.pull, stopping=_never())
+    poller.round()
+    assert poller.snapshot().consecutive_failures == 1  # a failed round, retried with backoff
+    assert "suspended" in (poller.snapshot().last_error or "")
+    assert [p.name for p in sshd.inbox.iterdir()] == ["m6.edi"] and consignment_count(setting.gw) == 0
+    assert "suspended" in status(setting.gw)["pull"][0]["last_error"]["error"]
+    reinstate(setting.gw, SYSTEM, setting.party_id)
+    assert poller.round() == 1.0 and consignment_count(setting.gw) == 2
 
 
 def test_backoff_doubles_up_to_a_ceiling():

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import paramiko
 import pytest
@@ -22,6 +23,7 @@ from starlette.testclient import TestClient
 from adapters import sftp_keys
 from adapters.sftp_server import SftpServer
 from adapters.sftp_worker import MailboxWorker, mailbox, process
+from gateway import parties as party_service
 from gateway import tables
 from gateway.app import create_app
 from gateway.cli import main
@@ -206,7 +208,8 @@ def test_an_unreadable_file_goes_to_failed_with_the_reason(boxes, forwarder):
         == 0
     )
     box = mailbox(boxes.gw, forwarder.party_id)
-    wait_for(lambda: (box.failed / "empty.edi.error.txt").exists() and (box.failed / "junk.edi").exists())
+    # The reason is written before the input moves: wait for both inputs to have moved.
+    wait_for(lambda: (box.failed / "empty.edi").exists() and (box.failed / "junk.edi").exists())
     reason = (box.failed / "junk.edi.error.txt").read_text()
     assert "neither EDIFACT" in reason and "hello" in reason
     assert "empty" in (box.failed / "empty.edi.error.txt").read_text()
@@ -430,16 +433,90 @@ def test_malformed_and_private_keys_are_refused_clearly(boxes, forwarder):
 
 def test_the_server_answers_other_partners_while_a_big_file_is_processed(boxes, forwarder):
     other = _partner(boxes, "Other Freight", "OTHEREDI")
-    write(boxes.folder, "big.edi", cuscar(SENDER, "IC0010", CROSSING, consignments=4000))
+    write(boxes.folder, "big.edi", cuscar(SENDER, "IC0010", CROSSING, consignments=12_000))
     assert boxes.sftp(forwarder.party_id, forwarder.key, "put big.edi inbox/").returncode == 0
+    big = mailbox(boxes.gw, forwarder.party_id)
+
+    def big_at_work() -> bool:
+        with boxes.gw.engine.connect() as conn:
+            claim = conn.scalar(
+                select(tables.sftp_claims.c.file_name).where(
+                    tables.sftp_claims.c.party_id == forwarder.party_id
+                )
+            )
+        mine = tables.consignments.c.filer_id == forwarder.party_id
+        return claim == "big.edi" and count(boxes.gw, tables.consignments, mine) > 0
+
+    wait_for(big_at_work, 60, "the big file to be at work")
+    # While it is: another partner logs in, lists, uploads, and is answered.
     write(boxes.folder, "small.edi", cuscar("OTHEREDI", "IC0011", CROSSING, consignments=1))
-    started = time.monotonic()
-    assert boxes.sftp(other.party_id, other.key, "put small.edi inbox/", "ls -1 outbox").returncode == 0
-    assert time.monotonic() - started < 5
+    session = boxes.sftp(other.party_id, other.key, "ls -1 outbox", "put small.edi inbox/", "ls -1 inbox")
+    assert session.returncode == 0, session.stderr
+    small = mailbox(boxes.gw, other.party_id)
+    wait_for(lambda: (small.outbox / "small.edi.cusres.edi").exists(), 60, "the small file's replies")
+    assert not (big.archive / "big.edi").exists()  # the big file was still at work all that time
+    assert (big.inbox / "big.edi").exists()
     boxes.idle()
-    small = mailbox(boxes.gw, other.party_id).outbox / "small.edi.cusres.edi"
-    big = mailbox(boxes.gw, forwarder.party_id).outbox / "big.edi.cusres.edi"
-    assert small.stat().st_mtime_ns < big.stat().st_mtime_ns  # answered while the big file was at work
+    assert len(cusres_ccrns((big.outbox / "big.edi.cusres.edi").read_bytes())) == 12_000
+
+
+# -- revoking keys, suspending parties ----------------------------------------------------------------
+
+
+def test_a_revoked_key_no_longer_opens_the_mailbox(db_url, boxes, forwarder, capsys):
+    config = boxes.folder / "gateway.toml"
+    config.write_text(f'[server]\ndata_dir = "{boxes.gw.config.data_path}"\n')
+    where = ["--db", db_url, "--config", str(config)]
+    spare, spare_public = make_key(boxes.folder / "keys", "spare")
+    sftp_keys.register_ssh_key(boxes.gw, SYSTEM, forwarder.party_id, spare_public)
+    assert boxes.sftp(forwarder.party_id, forwarder.key, "ls").returncode == 0
+    transport, client = boxes.paramiko(forwarder.party_id, forwarder.key)  # a session left open
+    try:
+        assert main(["party", "ssh-key", "list", forwarder.party_id, "--json", *where]) == 0
+        keys = json.loads(capsys.readouterr().out)
+        assert [k["revoked_at"] for k in keys] == [None, None]
+        lost = keys[0]["fingerprint"]
+        assert main(["party", "ssh-key", "revoke", forwarder.party_id, lost, *where]) == 0
+        assert "is revoked" in capsys.readouterr().out
+        assert main(["party", "ssh-key", "revoke", forwarder.party_id, lost, *where]) == 0
+        assert "revoked already" in capsys.readouterr().out
+        assert main(["party", "ssh-key", "revoke", forwarder.party_id, "SHA256:nosuchkey", *where]) == 1
+        assert "has no SSH key" in capsys.readouterr().err
+        assert main(["party", "ssh-key", "list", forwarder.party_id, *where]) == 0
+        listed = capsys.readouterr().out
+        assert f"{lost}  ssh-ed25519  revoked 20" in listed and "live" in listed
+
+        refused = boxes.sftp(forwarder.party_id, forwarder.key, "ls")
+        assert refused.returncode != 0 and "Permission denied" in refused.stderr
+        with pytest.raises(paramiko.AuthenticationException):
+            boxes.paramiko(forwarder.party_id, forwarder.key)
+        assert boxes.sftp(forwarder.party_id, spare, "ls").returncode == 0  # the other key still opens it
+        assert boxes.server.recheck_logins() == 1  # the session opened with the revoked key is closed
+        with pytest.raises((OSError, EOFError, paramiko.SSHException)):
+            client.listdir("outbox")
+    finally:
+        transport.close()
+    # An officer registering it again makes it live again.
+    public = Path(f"{forwarder.key}.pub").read_text()
+    assert sftp_keys.register_ssh_key(boxes.gw, SYSTEM, forwarder.party_id, public)["created"]
+    assert boxes.sftp(forwarder.party_id, forwarder.key, "ls").returncode == 0
+
+
+def test_a_suspended_party_cannot_log_in(boxes, forwarder):
+    transport, client = boxes.paramiko(forwarder.party_id, forwarder.key)
+    try:
+        party_service.suspend(boxes.gw, SYSTEM, forwarder.party_id)
+        refused = boxes.sftp(forwarder.party_id, forwarder.key, "ls")
+        assert refused.returncode != 0 and "Permission denied" in refused.stderr
+        with pytest.raises(paramiko.AuthenticationException):
+            boxes.paramiko(forwarder.party_id, forwarder.key)
+        assert boxes.server.recheck_logins() == 1
+        with pytest.raises((OSError, EOFError, paramiko.SSHException)):
+            client.listdir("outbox")
+    finally:
+        transport.close()
+    party_service.reinstate(boxes.gw, SYSTEM, forwarder.party_id)
+    assert boxes.sftp(forwarder.party_id, forwarder.key, "ls").returncode == 0
 
 
 # -- registering keys: command line and HTTP ------------------------------------------------------------
@@ -511,6 +588,25 @@ def test_officers_register_ssh_keys_over_http(gw, tmp_path):
     assert unknown.status_code == 404
 
     assert len(client.get(url, headers=as_filer).json()) == 2
+
     assert client.get("/api/v1/sftp/status", headers=as_filer).status_code == 403
     report = client.get("/api/v1/sftp/status", headers=as_officer).json()
     assert [m["party_id"] for m in report["mailboxes"]] == [filer.party_id]
+
+    fingerprint = created.json()["fingerprint"]
+    _other_filer, other_key = parties.add(role="forwarder", name="Other Freight")
+    as_other = {"Authorization": f"Bearer {other_key}"}
+    by_fingerprint = f"{url}/{quote(fingerprint, safe='')}"
+    assert client.delete(by_fingerprint, headers=as_other).status_code == 404  # not theirs to see
+    revoked = client.delete(by_fingerprint, headers=as_officer)
+    assert revoked.status_code == 200, revoked.text
+    assert revoked.json()["revoked"] and revoked.json()["revoked_at"]
+    again = client.delete(by_fingerprint, headers=as_officer)
+    assert again.status_code == 200 and not again.json()["revoked"]
+    second_id = next(k for k in client.get(url, headers=as_filer).json() if not k["revoked_at"])["key_id"]
+    own = client.delete(f"{url}/{second_id}", headers=as_filer)  # a party may revoke its own lost key
+    assert own.status_code == 200 and own.json()["revoked"]
+    missing_key = client.delete(f"{url}/SHA256:nosuchkey", headers=as_officer)
+    assert missing_key.status_code == 404 and missing_key.json()["errors"][0]["field"] == "fingerprint"
+    assert all(k["revoked_at"] for k in client.get(url, headers=as_officer).json())
+    assert not sftp_keys.key_is_registered(hosted, str(filer.party_id), base64.b64decode(public.split()[1]))
