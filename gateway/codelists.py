@@ -45,3 +45,15 @@ def locode_problem(value: str) -> str | None:
     if value[:2] not in countries():
         return f"{value!r} is not a UN/LOCODE: {value[:2]!r} is not an ISO 3166 country"
     return None
+
+
+@cache
+def units() -> dict[str, str]:
+    """UN/ECE Recommendation 20 units of measure (``data/rec20-units.csv``): code -> name, deleted
+    entries (status ``X``, ``D``) left out. Declarations give their quantities in these (C62, KGM)."""
+    text = resources.files("gateway").joinpath("data/rec20-units.csv").read_text("utf-8")
+    return {
+        row["Common Code"]: row["Name"]
+        for row in csv.DictReader(text.splitlines())
+        if (row.get("Status") or "").strip() not in ("X", "D") and row.get("Common Code")
+    }

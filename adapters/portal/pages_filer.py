@@ -13,7 +13,7 @@ from starlette.datastructures import UploadFile
 
 from adapters.portal import barcode, forms
 from adapters.portal.web import Page, message, serve, svg_markup
-from gateway import codelists, consignments
+from gateway import codelists, consignments, declarations
 from gateway.context import FILER_ROLES, store_raw
 from gateway.errors import GatewayError
 from gateway.identifiers import parse_ccrn
@@ -155,6 +155,10 @@ async def consignment_page(request: Request, ccrn: str, lodged: int = 0, amended
             lodged=bool(lodged),
             amended=bool(amended),
             changeable=view["status"] in consignments.LIVE and page.role in FILER_ROLES,
+            declarable=view["status"] in declarations.CROSSED
+            and not view["record"].get("transhipment")
+            and page.role in FILER_ROLES,
+            declaration_days=page.gw.config.rules.declaration_deadline_days,
         )
 
     return await serve(request, work, roles=READERS)
@@ -275,5 +279,46 @@ async def upload(request: Request) -> Response:
                 return page.render("upload.html", status=422, replies=None, error=str(exc), filename=name)
         shown = [(name + suffix, body.decode("utf-8", "replace")) for suffix, body in replies.items()]
         return page.render("upload.html", replies=shown, error=None, filename=name)
+
+    return await serve(request, work, roles=FILER_ROLES)
+
+
+# -- the prefilled trade declaration (helper E) ---------------------------------------------------------
+
+
+@router.get("/consignments/{ccrn}/declaration", include_in_schema=False)
+async def declaration_page(request: Request, ccrn: str) -> Response:
+    """The declaration prefilled from the record: what is missing, the ledger, and the downloads; for
+    the filer and the declaration agents it granted."""
+
+    def work(page: Page) -> Response:
+        assert page.actor is not None
+        document = declarations.prefill(page.gw, page.actor, ccrn)
+        written_off = declarations.declarations_of(page.gw, page.actor, document["ccrn"])
+        return page.render(
+            "declaration.html", d=document, ledger=written_off["ledger"], state=written_off["status"]
+        )
+
+    return await serve(request, work, roles=FILER_ROLES)
+
+
+@router.get("/consignments/{ccrn}/declaration/download", include_in_schema=False)
+async def declaration_download(request: Request, ccrn: str, format: str = "json") -> Response:
+    def work(page: Page) -> Response:
+        from adapters.http_declarations import FORMATS, render
+
+        assert page.actor is not None
+        form = format if format in FORMATS else "json"
+        document = declarations.prefill(page.gw, page.actor, ccrn)
+        suffix = {"json": "json", "xml": "xml", "edifact": "edi"}[form]
+        body = render(page.gw, page.actor, [document], form)
+        name = f"declaration-{document['ccrn']}.{suffix}"
+        return page.finish(
+            Response(
+                body,
+                media_type=FORMATS[form],
+                headers={"Content-Disposition": f'attachment; filename="{name}"'},
+            )
+        )
 
     return await serve(request, work, roles=FILER_ROLES)

@@ -290,25 +290,3 @@ def test_error_points_name_the_segment_a_field_came_from():
 def test_join_text_puts_spaces_back_only_between_short_parts():
     assert join_text(["ABC", "DEF"], 35) == "ABC DEF"
     assert join_text(["A" * 35, "BC"], 35) == "A" * 35 + "BC"
-
-
-def test_cusdec_rendered_from_a_record_is_valid_against_the_directory():
-    from datetime import datetime
-
-    from gateway.clock import HONG_KONG
-    from mappings.edifact import structure, syntax
-    from mappings.edifact.cusdec import cusdec_interchange, cusdec_message
-    from tests.factories import record as factory_record
-
-    data = factory_record(vehicle_hint="AB1234")
-    prepared = datetime(2026, 12, 3, 9, 0, tzinfo=HONG_KONG)
-    for kind, document in (("import", "929"), ("export", "830")):
-        message = cusdec_message("123456789018", data, kind, prepared)
-        assert structure.validate_message(message, "CUSDEC") == []
-        assert message[1].elements[0] == document
-    whole = cusdec_interchange(
-        "123456789018", data, "import", prepared, sender="HKCUSTOMS", recipient="FWD", control_reference="D1"
-    )
-    assert structure.validate_interchange(whole) == []
-    tags = [p.segment.tag for p in syntax.tokenize(whole)]
-    assert tags.count("CST") == len(data["items"])
