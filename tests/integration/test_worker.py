@@ -1,0 +1,170 @@
+"""Background work (design section 12): the jobs of ``gateway.worker`` in-process on both storages, and
+``roadcargo worker`` beside an API-only ``roadcargo serve --no-background`` as real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import httpx
+from sqlalchemy import select
+
+from gateway import consignments, db, tables, worker
+from gateway.clock import HONG_KONG
+from tests.e2e.conftest import ROADCARGO, free_port
+from tests.factories import record
+from tests.integration.test_immigration import notices, simulator
+
+
+def _wait(what, check, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_background_jobs_expire_and_keep_going_after_a_failed_round(gw, party):
+    filer, _key = party.add()
+    ccrn = consignments.lodge(gw, filer, record()).view["ccrn"]
+    gw.clock.advance(timedelta(days=gw.config.rules.consignment_expiry_days + 2))
+    background = worker.Background(gw, None, expiry_every=0.05)
+    background.start()
+    try:
+        _wait("the expiry sweep", lambda: consignments.get(gw, filer, ccrn)["status"] == "EXPIRED")
+    finally:
+        background.stop()
+    (expiry,) = [j for j in background.jobs if j.name == "expiry"]
+    assert expiry.rounds >= 1 and expiry.failures == 0
+    assert all(not j.thread.is_alive() for j in background.jobs if j.thread is not None)
+
+    # A round that fails is counted, logged and retried with a backoff; the loop lives on.
+    broken = worker.Job("broken", 0.01, lambda: 1 / 0 > 0)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker._loop, args=(broken, stop))
+    thread.start()
+    _wait("two failed rounds", lambda: broken.failures >= 2, timeout=10)
+    stop.set()
+    thread.join(5)
+    assert not thread.is_alive() and broken.last_error == "ZeroDivisionError: division by zero"
+    assert broken.rounds == 0 and broken.consecutive_failures == broken.failures
+
+
+def test_two_workers_expire_each_consignment_once(gw, party):
+    """Two workers' sweeps at once (rows claimed with SKIP LOCKED): every consignment expires exactly once."""
+    filer, _key = party.add()
+    ccrns = [
+        consignments.lodge(gw, filer, record(submitter_reference=f"EXP-{i}")).view["ccrn"] for i in range(30)
+    ]
+    gw.clock.advance(timedelta(days=gw.config.rules.consignment_expiry_days + 2))
+    workers = [worker.Background(gw, None, expiry_every=0.01) for _ in range(2)]
+    for w in workers:
+        w.start()
+
+    def statuses() -> set[str]:  # read from the table: consignments.get would expire on read itself
+        with gw.engine.connect() as conn:
+            return set(conn.scalars(select(tables.consignments.c.status)))
+
+    try:
+        _wait("every expiry", lambda: statuses() == {"EXPIRED"})
+    finally:
+        for w in workers:
+            w.stop()
+    with gw.engine.connect() as conn:
+        expired = list(conn.scalars(select(tables.events.c.ccrn).where(tables.events.c.type == "EXPIRED")))
+    assert sorted(expired) == sorted(ccrns)
+    assert all(j.failures == 0 for w in workers for j in w.jobs)
+
+
+@contextmanager
+def _process(args: list[str], log: Path) -> Iterator[subprocess.Popen[str]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROADCARGO_")}
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [ROADCARGO, *args], env=env, stdout=out, stderr=subprocess.STDOUT, text=True
+        )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def test_worker_process_delivers_what_api_only_processes_leave(tmp_path):
+    """``serve --no-background`` takes the bundle and leaves its advance notice alone; ``roadcargo worker``
+    delivers it, and stops cleanly (exit 0) on SIGTERM."""
+    tomorrow = (datetime.now(HONG_KONG) + timedelta(days=1)).date().isoformat()
+    with simulator(tmp_path) as sim_url:
+        config = tmp_path / "gateway.toml"
+        config.write_text(
+            f'[server]\ndata_dir = "{tmp_path / "var"}"\n'
+            f'[immigration]\nurl = "{sim_url}"\ntimeout_ms = 2000\n'
+        )
+        db_url = f"sqlite:///{tmp_path / 'gateway.db'}"
+        common = ["--db", db_url, "--config", str(config)]
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        serve_args = ["serve", "--no-background", "--http-port", str(port), "--sftp-port", "0", *common]
+        with _process(serve_args, tmp_path / "serve.log") as serve:
+
+            def up() -> bool:
+                assert serve.poll() is None, (tmp_path / "serve.log").read_text()
+                try:
+                    return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            _wait("serve", up)
+
+            def party(role: str) -> str:
+                done = subprocess.run(
+                    [ROADCARGO, "party", "add", "--role", role, "--name", role, "--json", *common],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
+                assert done.returncode == 0, done.stderr
+                return str(json.loads(done.stdout)["api_key"])
+
+            filer, driver = party("forwarder"), party("driver")
+            lodged = httpx.post(
+                f"{url}/api/v1/consignments",
+                json=record(expected_crossing=tomorrow),
+                headers={"Authorization": f"Bearer {filer}"},
+            )
+            assert lodged.status_code == 201, lodged.text
+            made = httpx.post(
+                f"{url}/api/v1/bundles",
+                json={"vehicle": "WK4321", "control_point": "LMC", "ccrns": [lodged.json()["ccrn"]]},
+                headers={"Authorization": f"Bearer {driver}"},
+            )
+            assert made.status_code == 201, made.text
+            engine = db.make_engine(db_url)
+
+            def outbox() -> list:
+                with engine.connect() as conn:
+                    return list(conn.execute(select(tables.immigration_outbox)))
+
+            assert [n.attempts for n in outbox()] == [0]  # the API process does not deliver
+            with _process(["worker", *common], tmp_path / "worker.log") as work:
+                _wait("the delivery", lambda: all(n.delivered_at for n in outbox()))
+                (sent,) = notices(sim_url)["notices"]
+                work.send_signal(signal.SIGTERM)
+                code = work.wait(timeout=20)
+            engine.dispose()
+    log = (tmp_path / "worker.log").read_text()
+    assert code == 0, log
+    assert sent["bundle_id"] == made.json()["bundle_id"] and sent["vehicle"] == "WK4321"
+    assert "worker running" in log and "worker stopped" in log
