@@ -299,6 +299,8 @@ def login(step: Step) -> Doc:
         step.actor = parties.authenticate_pin(step.gw, step.get("party"), step.get("pin"), "ivr")
     except GatewayError as error:
         message = error.problems[0].message
+        if error.problems[0].code == "RATE_LIMITED":
+            return _bye("The phone service is busy for this party number. Please call again later. Goodbye.")
         if "locked" in message:
             return _bye(
                 "There have been three wrong PINs for this party number, so the phone service is locked "

@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from adapters import xml_channel
 from gateway import bundles, consignments, parties
 from gateway.context import Actor, Gateway, store_raw
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, RateLimited
 from mappings import xml_eci
 from mappings.xml_eci import ConsignmentResult, Located, q
 
@@ -52,6 +52,7 @@ class SoapFault(Exception):
     def __init__(self, errors: Sequence[Located], code: str = "Client") -> None:
         self.errors = list(errors)
         self.code = code
+        self.headers: dict[str, str] = {}  # Retry-After of RATE_LIMITED and UNAVAILABLE
         super().__init__("; ".join(f"{e.problem.code}: {e.problem.message}" for e in self.errors))
 
     @classmethod
@@ -105,7 +106,11 @@ async def post_soap(request: Request) -> Response:
     try:
         payload, results = await run_in_threadpool(handle, gw, body)
     except SoapFault as fault:
-        return Response(fault_envelope(fault), status_code=500, media_type=_SOAP_XML)
+        # Over the rate limit or the database down: the HTTP status says so (429, 503), as on the API.
+        status = {"RATE_LIMITED": 429, "UNAVAILABLE": 503}.get(fault.errors[0].problem.code, 500)
+        return Response(
+            fault_envelope(fault), status_code=status, headers=fault.headers, media_type=_SOAP_XML
+        )
     for result in results:
         if result.changed:
             request.app.state.metrics.consignments.labels(channel="soap", action=result.action).inc()
@@ -140,12 +145,14 @@ def handle(gw: Gateway, body: bytes) -> tuple[etree._Element, list[ConsignmentRe
     except SoapFault:
         raise
     except GatewayError as exc:
-        raise SoapFault.of(exc) from None
+        fault = SoapFault.of(exc)
+        fault.headers = dict(getattr(exc, "headers", {}))
+        raise fault from None
     except OperationalError as exc:
         log.warning("database unavailable: %s", exc.orig)
-        raise SoapFault.one(
-            "UNAVAILABLE", "the database is unavailable; nothing was accepted, retry"
-        ) from None
+        fault = SoapFault.one("UNAVAILABLE", "the database is unavailable; nothing was accepted, retry")
+        fault.headers = {"Retry-After": "5"}
+        raise fault from None
     except Exception:
         log.exception("unexpected error in a SOAP request")
         raise SoapFault.one("INTERNAL", "an unexpected fault; nothing was accepted") from None
@@ -224,6 +231,8 @@ def _authenticate(gw: Gateway, header: etree._Element | None) -> Actor:
         raise SoapFault.one("UNAUTHORIZED", "the UsernameToken needs a Username and a Password")
     try:
         actor = parties.authenticate(gw, key, "soap")
+    except RateLimited:
+        raise  # a known party over its limit: 429, not "bad credentials"
     except GatewayError:
         raise SoapFault.one("UNAUTHORIZED", _BAD_CREDENTIALS) from None
     if actor.party_id != username:

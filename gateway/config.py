@@ -19,6 +19,27 @@ class ConfigError(Exception):
 class ServerConfig:
     data_dir: str = "var"
     max_body_bytes: int = 64 * 1024 * 1024
+    log_format: str = "text"  # "text" or "json" (one JSON object a line, with the request id)
+
+
+# Operations (rate limits, retention) ------------------------------------------------------------------
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Token buckets held by each gateway process (see docs/operations.md); 0 turns a limit off."""
+
+    requests_per_second: float = 100.0  # per party, after authentication, on every channel
+    burst: int = 200  # requests a party may make at once before the rate applies
+    login_per_minute: float = 20.0  # per client address: POST /login, /apply, /api/v1/registrations
+    login_burst: int = 20
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    raw_messages_days: int = 0  # 0 keeps raw inbound messages forever
+    audit_days: int = 0  # 0 keeps the audit trail forever
+
+
+# ------------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -103,6 +124,8 @@ class Config:
         default_factory=lambda: dict(DEFAULT_CONTROL_POINTS)
     )
     sftp: SftpConfig = field(default_factory=SftpConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
 
     @property
     def data_path(self) -> Path:
@@ -116,6 +139,8 @@ _SECTIONS: dict[str, type[Any]] = {
     "edifact": EdifactConfig,
     "immigration": ImmigrationConfig,
     "transhipment": TranshipmentConfig,
+    "limits": LimitsConfig,
+    "retention": RetentionConfig,
 }
 _HHMM = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$|^24:00$")
 
@@ -204,7 +229,21 @@ def parse_config(data: dict[str, Any], source: str = "configuration") -> Config:
     risk = sections.get("risk", RiskConfig())
     if not 0.0 <= risk.random_rate <= 1.0:
         raise ConfigError(f"{source}: 'risk.random_rate' must be between 0 and 1")
+    _check_operations(sections, source)
     return Config(control_points=control_points, sftp=sftp, **sections)
+
+
+def _check_operations(sections: dict[str, Any], source: str) -> None:
+    server = sections.get("server", ServerConfig())
+    if server.log_format not in ("text", "json"):
+        raise ConfigError(f"{source}: 'server.log_format' must be text or json, not {server.log_format!r}")
+    limits = sections.get("limits", LimitsConfig())
+    for key in ("requests_per_second", "login_per_minute"):
+        if getattr(limits, key) < 0:
+            raise ConfigError(f"{source}: 'limits.{key}' must be at least 0 (0 turns the limit off)")
+    for rate, burst in (("requests_per_second", "burst"), ("login_per_minute", "login_burst")):
+        if getattr(limits, rate) > 0 and getattr(limits, burst) < 1:
+            raise ConfigError(f"{source}: 'limits.{burst}' must be at least 1 while 'limits.{rate}' is on")
 
 
 def load_config(path: str | Path | None) -> Config:

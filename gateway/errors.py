@@ -103,6 +103,18 @@ class GatewayError(Exception):
         return {"errors": [p.as_dict() for p in self.problems]}
 
 
+class RateLimited(GatewayError):
+    """RATE_LIMITED with the whole seconds to wait, which HTTP answers carry as ``Retry-After``."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__([Problem("RATE_LIMITED", None, message)])
+        self.retry_after = max(1, int(retry_after + 0.999))
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
 def catalogue_markdown() -> str:
     """The catalogue as the Markdown table the README publishes."""
     lines = ["| name | short | HTTP | when |", "|---|---|---|---|"]

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from gateway import tables
+from gateway import ratelimit, tables
 from gateway.context import AGENCY_SCOPES, ROLES, Actor, Gateway, audit, iso_hk
 from gateway.errors import GatewayError, Problem
 from gateway.identifiers import hash_pin, hash_secret, new_api_key, new_party_id, new_pin
@@ -118,10 +120,18 @@ def add_party(
     raise RuntimeError("could not draw a free party id")  # pragma: no cover - 1 in 10^8 twenty times
 
 
-def _insert_key(conn: Connection, gw: Gateway, party_id: str, api_key: str) -> int:
+def _insert_key(
+    conn: Connection, gw: Gateway, party_id: str, api_key: str, expires_in_days: int | None = None
+) -> int:
+    now = gw.now()
+    expires_at = None if expires_in_days is None else now + timedelta(days=expires_in_days)
     result = conn.execute(
         insert(tables.api_keys).values(
-            party_id=party_id, key_hash=hash_secret(api_key), hint=api_key[:8], created_at=gw.now()
+            party_id=party_id,
+            key_hash=hash_secret(api_key),
+            hint=api_key[:8],
+            created_at=now,
+            expires_at=expires_at,
         )
     )
     return int(result.inserted_primary_key[0])  # type: ignore[index]
@@ -170,6 +180,7 @@ def _set_status(gw: Gateway, actor: Actor, party_id: str, status: str, action: s
         after = _public(conn, party_id)
         if before != after:
             audit(conn, gw, actor, action, "party", party_id, before, after)
+    forget_keys()
     return after
 
 
@@ -189,6 +200,7 @@ def _may_manage_keys(actor: Actor, party_id: str) -> None:
 
 def list_keys(gw: Gateway, actor: Actor, party_id: str) -> list[dict[str, Any]]:
     _may_manage_keys(actor, party_id)
+    now = gw.now()
     with gw.engine.connect() as conn:
         _party_row(conn, party_id)
         rows = conn.execute(
@@ -201,15 +213,31 @@ def list_keys(gw: Gateway, actor: Actor, party_id: str) -> list[dict[str, Any]]:
                 "key_id": r["key_id"],
                 "hint": r["hint"] + "…",
                 "created_at": iso_hk(r["created_at"]),
+                "expires_at": iso_hk(r["expires_at"]),
                 "revoked_at": iso_hk(r["revoked_at"]),
+                "live": r["revoked_at"] is None and (r["expires_at"] is None or r["expires_at"] > now),
             }
             for r in rows
         ]
 
 
-def add_key(gw: Gateway, actor: Actor, party_id: str) -> dict[str, Any]:
-    """A second live key for rotation; shown once. A third is refused until one is revoked."""
+MAX_KEY_DAYS = 3660
+
+
+def _live_key(now: Any) -> Any:
+    """The condition of a key that opens the door: not revoked, not past its expiry."""
+    k = tables.api_keys.c
+    return (k.revoked_at.is_(None)) & or_(k.expires_at.is_(None), k.expires_at > now)
+
+
+def add_key(gw: Gateway, actor: Actor, party_id: str, expires_in_days: int | None = None) -> dict[str, Any]:
+    """A second live key for rotation; shown once. A third is refused until one is revoked (or has
+    expired). ``expires_in_days`` makes a key that stops working by itself."""
     _may_manage_keys(actor, party_id)
+    if expires_in_days is not None and not 1 <= expires_in_days <= MAX_KEY_DAYS:
+        raise GatewayError.one(
+            "INVALID_VALUE", f"a key expires in 1 to {MAX_KEY_DAYS} days", "expires_in_days"
+        )
     api_key = new_api_key()
     with gw.engine.begin() as conn:
         # Lock the party row so two concurrent rotations cannot both pass the count below.
@@ -218,17 +246,25 @@ def add_key(gw: Gateway, actor: Actor, party_id: str) -> dict[str, Any]:
         )
         _party_row(conn, party_id)
         live = conn.scalar(
-            select(func.count()).where(
-                tables.api_keys.c.party_id == party_id, tables.api_keys.c.revoked_at.is_(None)
-            )
+            select(func.count()).where(tables.api_keys.c.party_id == party_id, _live_key(gw.now()))
         )
         if live is not None and live >= MAX_LIVE_KEYS:
             raise GatewayError.one(
                 "KEY_LIMIT", f"party {party_id} already holds {MAX_LIVE_KEYS} live keys: revoke one first"
             )
-        key_id = _insert_key(conn, gw, party_id, api_key)
-        audit(conn, gw, actor, "key.add", "party", party_id, None, {"key_id": key_id})
-    return {"key_id": key_id, "api_key": api_key}
+        key_id = _insert_key(conn, gw, party_id, api_key, expires_in_days)
+        expires = conn.scalar(select(tables.api_keys.c.expires_at).where(tables.api_keys.c.key_id == key_id))
+        audit(
+            conn,
+            gw,
+            actor,
+            "key.add",
+            "party",
+            party_id,
+            None,
+            {"key_id": key_id, "expires_at": iso_hk(expires)},
+        )
+    return {"key_id": key_id, "api_key": api_key, "expires_at": iso_hk(expires)}
 
 
 def revoke_key(gw: Gateway, actor: Actor, party_id: str, key_id: int) -> None:
@@ -250,21 +286,73 @@ def revoke_key(gw: Gateway, actor: Actor, party_id: str, key_id: int) -> None:
                 update(tables.api_keys).where(tables.api_keys.c.key_id == key_id).values(revoked_at=gw.now())
             )
             audit(conn, gw, actor, "key.revoke", "party", party_id, {"key_id": key_id}, None)
+        # Portal sessions opened with this key end with it (a password-opened session stays).
+        conn.execute(delete(tables.portal_sessions).where(tables.portal_sessions.c.key_id == key_id))
+    forget_keys()
 
 
 def authenticate(gw: Gateway, api_key: str, channel: str) -> Actor:
-    """The party holding a live key. Unknown and revoked keys are refused alike."""
+    """The party holding a live key. Unknown, revoked and expired keys are refused alike. The party's
+    rate limit is counted here, so every channel that authenticates with a key is limited."""
+    return authenticate_key(gw, api_key, channel)[0]
+
+
+def authenticate_key(gw: Gateway, api_key: str, channel: str) -> tuple[Actor, int]:
+    """:func:`authenticate`, and which of the party's keys it was (the portal ties a session to it)."""
     if not api_key:
         raise GatewayError.one("UNAUTHORIZED", "an API key is required: Authorization: Bearer KEY")
-    with gw.engine.connect() as conn:
-        row = conn.execute(
-            select(tables.parties.c.party_id, tables.parties.c.role, tables.parties.c.status)
-            .join(tables.api_keys, tables.api_keys.c.party_id == tables.parties.c.party_id)
-            .where(tables.api_keys.c.key_hash == hash_secret(api_key), tables.api_keys.c.revoked_at.is_(None))
-        ).first()
+    row = _key_row(gw, hash_secret(api_key))
     if row is None:
-        raise GatewayError.one("UNAUTHORIZED", "the API key is unknown or revoked")
-    return Actor(row.party_id, row.role, channel, row.status)
+        raise GatewayError.one("UNAUTHORIZED", "the API key is unknown, revoked or expired")
+    ratelimit.admit(gw, row.party_id)
+    return Actor(row.party_id, row.role, channel, row.status), int(row.key_id)
+
+
+# -- verified keys, cached briefly (helper D, for speed) -------------------------------------------------
+# A key checked against the database is trusted for KEY_CACHE_SECONDS in this process, so a client making
+# many requests costs one look-up a second, not one a request. Revoking a key or suspending or reinstating
+# a party clears this process's cache at once; another gateway process notices within KEY_CACHE_SECONDS.
+# A key's expiry is checked on every request. Unknown keys are never cached.
+
+KEY_CACHE_SECONDS = 1.0
+_KEY_QUERY = (
+    select(
+        tables.parties.c.party_id,
+        tables.parties.c.role,
+        tables.parties.c.status,
+        tables.api_keys.c.key_id,
+        tables.api_keys.c.expires_at,
+    )
+    .join(tables.api_keys, tables.api_keys.c.party_id == tables.parties.c.party_id)
+    .where(tables.api_keys.c.key_hash == bindparam("key_hash"), _live_key(bindparam("now")))
+)
+_key_cache: dict[tuple[int, str], tuple[float, Any]] = {}
+_key_cache_lock = threading.Lock()
+
+
+def forget_keys() -> None:
+    with _key_cache_lock:
+        _key_cache.clear()
+
+
+def _key_row(gw: Gateway, key_hash: str) -> Any:
+    """The party and key behind a key hash, or None."""
+    slot = (id(gw.engine), key_hash)
+    now = gw.now()
+    hit = _key_cache.get(slot)
+    cached = hit[1] if hit is not None and hit[0] > time.monotonic() else None
+    if cached is not None and (cached.expires_at is None or cached.expires_at > now):
+        return cached
+    with gw.engine.connect() as conn:
+        row = conn.execute(_KEY_QUERY, {"key_hash": key_hash, "now": now}).first()
+    with _key_cache_lock:
+        if row is None:
+            _key_cache.pop(slot, None)
+        else:
+            if len(_key_cache) > 10_000:
+                _key_cache.clear()
+            _key_cache[slot] = (time.monotonic() + KEY_CACHE_SECONDS, row)
+    return row
 
 
 def authenticate_bearer(gw: Gateway, authorization: str, channel: str) -> Actor:
@@ -327,4 +415,5 @@ def authenticate_pin(gw: Gateway, party_id: str, pin: str, channel: str = "ivr")
             )
     if refusal:  # raised after the commit, so the count of wrong PINs is kept
         raise GatewayError.one("UNAUTHORIZED", refusal)
+    ratelimit.admit(gw, party_id)
     return Actor(party_id, row["role"], channel, row["status"])

@@ -15,7 +15,7 @@ from sqlalchemy import delete, insert, select, update
 
 from gateway import parties, tables
 from gateway.context import Actor, Gateway, audit
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, RateLimited
 from gateway.identifiers import API_KEY_PREFIX
 
 MIN_PASSWORD = 10
@@ -33,18 +33,26 @@ def _scrypt(password: str, salt: str) -> str:
 
 def log_in(gw: Gateway, party_id: str, secret: str) -> Actor:
     """The party whose id and key (or password) these are; UNAUTHORIZED otherwise."""
+    return log_in_with(gw, party_id, secret)[0]
+
+
+def log_in_with(gw: Gateway, party_id: str, secret: str) -> tuple[Actor, int | None]:
+    """:func:`log_in`, and the id of the API key used (None for a password): a session opened with a
+    key is tied to it and ends when the key is revoked."""
     party_id = "".join(party_id.split())
     refused = GatewayError.one("UNAUTHORIZED", "unknown party id, or wrong key or password")
     if not party_id or not secret or len(secret) > MAX_PASSWORD:
         raise refused
     if secret.startswith(API_KEY_PREFIX):
         try:
-            actor = parties.authenticate(gw, secret.strip(), "portal")
+            actor, key_id = parties.authenticate_key(gw, secret.strip(), "portal")
+        except RateLimited:
+            raise
         except GatewayError:
             raise refused from None
         if actor.party_id != party_id:
             raise refused
-        return actor
+        return actor, key_id
     with gw.engine.begin() as conn:
         row = conn.execute(
             select(_P.c.salt, _P.c.password_hash, _P.c.failures, _P.c.locked_until)
@@ -78,7 +86,7 @@ def log_in(gw: Gateway, party_id: str, secret: str) -> Actor:
                 )
     if wrong:  # raised after the commit, so the count of wrong passwords is kept
         raise refused
-    return Actor(party_id, row.role, "portal", row.status)
+    return Actor(party_id, row.role, "portal", row.status), None
 
 
 def set_password(gw: Gateway, actor: Actor, current: str, password: str, confirm: str) -> None:

@@ -83,7 +83,7 @@ async def login(request: Request) -> Response:
     def work(page: Page) -> Response:
         party_id = page.value("party_id")
         try:
-            actor = accounts.log_in(page.gw, party_id, page.value("secret"))
+            actor, key_id = accounts.log_in_with(page.gw, party_id, page.value("secret"))
         except GatewayError:
             return page.render(
                 "login.html",
@@ -96,7 +96,8 @@ async def login(request: Request) -> Response:
         # A new token at every login, so a session id planted before login is worth nothing.
         end_session(page.gw, request.cookies.get(SESSION_COOKIE))
         hours = DISPLAY_SESSION_HOURS if actor.role == "kiosk" else SESSION_HOURS
-        page.cookies[SESSION_COOKIE] = (start_session(page.gw, actor.party_id, hours), hours * 3600)
+        session = start_session(page.gw, actor.party_id, hours, key_id=key_id)  # ends if the key is revoked
+        page.cookies[SESSION_COOKIE] = (session, hours * 3600)
         return page.redirect(safe_next(page.value("next")))
 
     return await serve(request, work)

@@ -26,13 +26,13 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import ChainableUndefined, Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, or_, select
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
-from gateway import tables
+from gateway import ratelimit, tables
 from gateway.context import FILER_ROLES, Actor, Gateway, stored_secret
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, RateLimited
 from gateway.identifiers import format_ccrn
 
 HERE = Path(__file__).parent
@@ -95,20 +95,35 @@ def _language(request: Request) -> str:
 
 def load_session(gw: Gateway, token: str | None) -> Actor | None:
     """The party of a live session, with its role and status as they are now (a suspension shows at
-    once); None for no, unknown or expired sessions."""
+    once); None for no, unknown or expired sessions, and for sessions opened with an API key that has
+    since been revoked or has expired. Counts towards the party's rate limit."""
     if not token:
         return None
-    s, p = tables.portal_sessions, tables.parties
+    s, p, k = tables.portal_sessions, tables.parties, tables.api_keys
+    now = gw.now()
     with gw.engine.connect() as conn:
         row = conn.execute(
             select(p.c.party_id, p.c.role, p.c.status)
             .join(s, s.c.party_id == p.c.party_id)
-            .where(s.c.token_hash == hash_token(token), s.c.expires_at > gw.now())
+            .outerjoin(k, k.c.key_id == s.c.key_id)
+            .where(
+                s.c.token_hash == hash_token(token),
+                s.c.expires_at > now,
+                or_(
+                    s.c.key_id.is_(None),
+                    k.c.revoked_at.is_(None) & or_(k.c.expires_at.is_(None), k.c.expires_at > now),
+                ),
+            )
         ).first()
-    return None if row is None else Actor(row.party_id, row.role, "portal", row.status)
+    if row is None:
+        return None
+    ratelimit.admit(gw, row.party_id)
+    return Actor(row.party_id, row.role, "portal", row.status)
 
 
-def start_session(gw: Gateway, party_id: str, hours: int = SESSION_HOURS) -> str:
+def start_session(gw: Gateway, party_id: str, hours: int = SESSION_HOURS, key_id: int | None = None) -> str:
+    """A new session; ``key_id`` is the API key it was opened with (None: a password), so that revoking
+    the key ends the session too."""
     token = secrets.token_urlsafe(32)
     now = gw.now()
     with gw.engine.begin() as conn:
@@ -124,6 +139,7 @@ def start_session(gw: Gateway, party_id: str, hours: int = SESSION_HOURS) -> str
                 party_id=party_id,
                 created_at=now,
                 expires_at=now + timedelta(hours=hours),
+                key_id=key_id,
             )
         )
     return token
@@ -281,6 +297,14 @@ def refused_response(request: Request, message: str) -> HTMLResponse:
     return HTMLResponse(html, status_code=403, headers={"Cache-Control": "no-store"})
 
 
+def limited_response(request: Request, error: RateLimited) -> HTMLResponse:
+    """429 for a party over its rate limit, as a page, with ``Retry-After``."""
+    response = refused_response(request, error.problems[0].message)
+    response.status_code = 429
+    response.headers.update(error.headers)
+    return response
+
+
 def svg_markup(svg: str) -> Markup:
     """An SVG this module generated from digits only: safe to put into the page as it is."""
     return Markup(svg)
@@ -297,6 +321,8 @@ async def serve(request: Request, work: Work, roles: Collection[str] | None = No
         page = await open_page(request)
     except Refused as exc:
         return refused_response(request, str(exc))
+    except RateLimited as exc:
+        return limited_response(request, exc)
     if roles is not None:
         if page.actor is None:
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")

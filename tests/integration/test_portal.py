@@ -867,7 +867,7 @@ def test_junk_in_any_form_gets_a_page_never_a_server_error(gw, party):
 
 
 def test_an_officer_works_the_inspection_queue(gw, party):
-    from gateway import risk
+    from gateway import risk_admin
 
     b = border(gw, party)
     first, second = b.lodge(), b.lodge()
@@ -879,7 +879,7 @@ def test_an_officer_works_the_inspection_queue(gw, party):
             "reason": "tip",
             "expires_at": "2026-12-09T00:00:00+08:00",
         }
-        risk.add_target(gw, b.officer, target)
+        risk_admin.add_target(gw, b.officer, target)
     b.bundle([first])
     b.bundle([second], vehicle="CD5678")
     b.wait_lead_time()
