@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from adapters.http_api import _ERROR_RESPONSES, _Call, _object, _run
-from gateway import clearance, risk, transhipments
+from gateway import clearance, metrics, risk, risk_admin, transhipments
 
 router = APIRouter(prefix="/api/v1")
 
@@ -90,14 +90,14 @@ _PROFILE_BODY = _body_schema(
 )
 async def create_profile(request: Request) -> JSONResponse:
     view = await _run(
-        request, lambda c: risk.create_profile(c.gw, c.actor, c.data), changes=True, json_body=True
+        request, lambda c: risk_admin.create_profile(c.gw, c.actor, c.data), changes=True, json_body=True
     )
     return JSONResponse(view, status_code=201)
 
 
 @router.get("/risk/profiles", summary="Risk profiles (officers)", responses=_ERROR_RESPONSES)
 async def list_profiles(request: Request, include_retired: bool = False) -> JSONResponse:
-    rows = await _run(request, lambda c: risk.list_profiles(c.gw, c.actor, include_retired))
+    rows = await _run(request, lambda c: risk_admin.list_profiles(c.gw, c.actor, include_retired))
     return JSONResponse({"profiles": rows})
 
 
@@ -109,7 +109,7 @@ async def list_profiles(request: Request, include_retired: bool = False) -> JSON
 async def dry_run(request: Request) -> JSONResponse:
     # The raw body is kept like a change's: the only way to read it through _run.
     return JSONResponse(
-        await _run(request, lambda c: risk.dry_run(c.gw, c.actor, c.data), changes=True, json_body=True)
+        await _run(request, lambda c: risk_admin.dry_run(c.gw, c.actor, c.data), changes=True, json_body=True)
     )
 
 
@@ -117,7 +117,7 @@ async def dry_run(request: Request) -> JSONResponse:
     "/risk/profiles/{profile_id}", summary="A risk profile and its versions", responses=_ERROR_RESPONSES
 )
 async def get_profile(request: Request, profile_id: str) -> JSONResponse:
-    return JSONResponse(await _run(request, lambda c: risk.get_profile(c.gw, c.actor, profile_id)))
+    return JSONResponse(await _run(request, lambda c: risk_admin.get_profile(c.gw, c.actor, profile_id)))
 
 
 @router.put(
@@ -126,7 +126,7 @@ async def get_profile(request: Request, profile_id: str) -> JSONResponse:
 async def change_profile(request: Request, profile_id: str) -> JSONResponse:
     view = await _run(
         request,
-        lambda c: risk.change_profile(c.gw, c.actor, profile_id, c.data),
+        lambda c: risk_admin.change_profile(c.gw, c.actor, profile_id, c.data),
         changes=True,
         json_body=True,
     )
@@ -138,7 +138,7 @@ async def change_profile(request: Request, profile_id: str) -> JSONResponse:
 )
 async def retire_profile(request: Request, profile_id: str) -> JSONResponse:
     return JSONResponse(
-        await _run(request, lambda c: risk.retire_profile(c.gw, c.actor, profile_id), changes=True)
+        await _run(request, lambda c: risk_admin.retire_profile(c.gw, c.actor, profile_id), changes=True)
     )
 
 
@@ -148,7 +148,7 @@ async def retire_profile(request: Request, profile_id: str) -> JSONResponse:
     responses=_ERROR_RESPONSES,
 )
 async def risk_results(request: Request, ccrn: str) -> JSONResponse:
-    return JSONResponse(await _run(request, lambda c: risk.results_for(c.gw, c.actor, ccrn)))
+    return JSONResponse(await _run(request, lambda c: risk_admin.results_for(c.gw, c.actor, ccrn)))
 
 
 # -- targets (officers) ---------------------------------------------------------------------------------
@@ -158,20 +158,22 @@ async def risk_results(request: Request, ccrn: str) -> JSONResponse:
     "/risk/targets", status_code=201, summary="Target a CCRN, vehicle or party", responses=_ERROR_RESPONSES
 )
 async def add_target(request: Request) -> JSONResponse:
-    view = await _run(request, lambda c: risk.add_target(c.gw, c.actor, c.data), changes=True, json_body=True)
+    view = await _run(
+        request, lambda c: risk_admin.add_target(c.gw, c.actor, c.data), changes=True, json_body=True
+    )
     return JSONResponse(view, status_code=201)
 
 
 @router.get("/risk/targets", summary="Live targets (officers)", responses=_ERROR_RESPONSES)
 async def list_targets(request: Request, include_expired: bool = False) -> JSONResponse:
-    rows = await _run(request, lambda c: risk.list_targets(c.gw, c.actor, include_expired))
+    rows = await _run(request, lambda c: risk_admin.list_targets(c.gw, c.actor, include_expired))
     return JSONResponse({"targets": rows})
 
 
 @router.delete("/risk/targets/{target_id}", summary="Revoke a target (officers)", responses=_ERROR_RESPONSES)
 async def revoke_target(request: Request, target_id: str) -> JSONResponse:
     return JSONResponse(
-        await _run(request, lambda c: risk.revoke_target(c.gw, c.actor, target_id), changes=True)
+        await _run(request, lambda c: risk_admin.revoke_target(c.gw, c.actor, target_id), changes=True)
     )
 
 
@@ -181,7 +183,7 @@ async def revoke_target(request: Request, target_id: str) -> JSONResponse:
 @router.post("/offences", status_code=201, summary="Record an offence (officers)", responses=_ERROR_RESPONSES)
 async def add_offence(request: Request) -> JSONResponse:
     view = await _run(
-        request, lambda c: risk.add_offence(c.gw, c.actor, c.data), changes=True, json_body=True
+        request, lambda c: risk_admin.add_offence(c.gw, c.actor, c.data), changes=True, json_body=True
     )
     return JSONResponse(view, status_code=201)
 
@@ -190,7 +192,7 @@ async def add_offence(request: Request) -> JSONResponse:
 async def list_offences(
     request: Request, party_id: str | None = None, vehicle: str | None = None
 ) -> JSONResponse:
-    rows = await _run(request, lambda c: risk.list_offences(c.gw, c.actor, party_id, vehicle))
+    rows = await _run(request, lambda c: risk_admin.list_offences(c.gw, c.actor, party_id, vehicle))
     return JSONResponse({"offences": rows})
 
 
@@ -204,9 +206,11 @@ async def list_offences(
     responses={200: _DECISION, **_ERROR_RESPONSES},
 )
 async def kiosk_clearance(request: Request) -> JSONResponse:
-    return JSONResponse(
-        await _run(request, lambda c: clearance.decide(c.gw, c.actor, c.data), changes=True, json_body=True)
+    decision = await _run(
+        request, lambda c: clearance.decide(c.gw, c.actor, c.data), changes=True, json_body=True
     )
+    metrics.observe_decision(decision.get("decision"))  # roadcargo_kiosk_decisions_total
+    return JSONResponse(decision)
 
 
 @router.get(

@@ -1,17 +1,31 @@
 """What the HTTP benchmarks share: free ports, waiting for a server, the storages to run on (a fresh
-SQLite file, and a PostgreSQL database made for the run and dropped after it), the machine line."""
+SQLite file, and a PostgreSQL database made for the run and dropped after it), the machine line, a lean
+HTTP/1.1 load generator, and the CPU time a process used.
+
+The load generator runs on the same machine as the gateway, so what it costs is taken from the server:
+httpx spends about as much CPU per request as the gateway's own /healthz does. :class:`RawClient` keeps
+one keep-alive connection per simulated client and writes pre-built request bytes on an asyncio stream
+(uvloop when installed): a few tens of microseconds per request. `wrk` (``apt install wrk``), a C load
+generator, gives the same /healthz ceiling within a few per cent (bench/RESULTS.md).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import platform
 import socket
+import statistics
+import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import httpx
 from sqlalchemy import create_engine, text
@@ -25,12 +39,13 @@ def free_port() -> int:
 
 
 def wait_until_up(url: str, label: str) -> None:
-    for _ in range(150):
-        try:
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.2)
+    with httpx.Client(timeout=1) as client:  # one client: a new one per poll costs an SSL context
+        for _ in range(150):
+            try:
+                if client.get(url).status_code < 500:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
     raise SystemExit(f"{label} did not start")
 
 
@@ -58,3 +73,183 @@ def storages(workdir: Path, pg_url: str | None, skip_sqlite: bool = False) -> It
             with admin.connect() as conn:
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
             admin.dispose()
+
+
+# -- the load generator ---------------------------------------------------------------------------------
+
+
+class RawClient:
+    """One keep-alive HTTP/1.1 connection that sends requests and reads Content-Length framed answers."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> RawClient:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        return self
+
+    @staticmethod
+    def build(method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> bytes:
+        """The bytes of one request, built before the clock starts."""
+        lines = [f"{method} {path} HTTP/1.1", "Host: bench"]
+        for name, value in (headers or {}).items():
+            lines.append(f"{name}: {value}")
+        if body or method in ("POST", "PUT"):
+            lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+    async def send(self, request: bytes) -> tuple[int, bytes]:
+        assert self.reader is not None and self.writer is not None
+        self.writer.write(request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+            elif name.strip().lower() == b"transfer-encoding":
+                raise RuntimeError("chunked answers are not expected from these endpoints")
+        return status, await self.reader.readexactly(length) if length else b""
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with suppress(OSError):
+                await self.writer.wait_closed()
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop()
+    except ImportError:  # pragma: no cover - uvloop is a dependency; keep the bench runnable without it
+        return asyncio.new_event_loop()
+
+
+@dataclass
+class Run:
+    """Latencies (seconds) of one timed phase and its wall time."""
+
+    latencies: list[float] = field(default_factory=list)
+    elapsed: float = 0.0
+
+    @property
+    def per_s(self) -> float:
+        return len(self.latencies) / self.elapsed if self.elapsed else 0.0
+
+    def ms(self, q: int) -> float:
+        """Percentile ``q`` (50, 99) in milliseconds."""
+        if len(self.latencies) < 2:
+            return self.latencies[0] * 1000 if self.latencies else 0.0
+        if q == 50:
+            return statistics.median(self.latencies) * 1000
+        return statistics.quantiles(self.latencies, n=100)[q - 1] * 1000
+
+
+async def drive(
+    clients: list[RawClient], work: list[list[bytes]], check: Callable[[int, bytes], None]
+) -> Run:
+    """Each client sends its own list of requests one after another; all clients at once."""
+
+    async def one(client: RawClient, requests: list[bytes]) -> list[float]:
+        out = []
+        for request in requests:
+            t = time.perf_counter()
+            status, body = await client.send(request)
+            out.append(time.perf_counter() - t)
+            check(status, body)
+        return out
+
+    started = time.perf_counter()
+    lats = await asyncio.gather(*(one(c, w) for c, w in zip(clients, work, strict=True)))
+    return Run([x for xs in lats for x in xs], time.perf_counter() - started)
+
+
+async def health(clients: list[RawClient], per_client: int) -> Run:
+    """/healthz round trips with the same connections: the floor of any request through the stack."""
+    request = RawClient.build("GET", "/healthz")
+
+    def ok(status: int, _body: bytes) -> None:
+        assert status == 200, status
+
+    return await drive(clients, [[request] * per_client for _ in clients], ok)
+
+
+async def connect_all(ports: list[int], n: int) -> list[RawClient]:
+    """``n`` connections spread round-robin over the gateway processes (a load balancer's part)."""
+    opening = (RawClient("127.0.0.1", ports[i % len(ports)]).open() for i in range(n))
+    return list(await asyncio.gather(*opening))
+
+
+def start_gateways(
+    label: str, processes: int, env: dict[str, str], workdir: Path
+) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
+    """``processes`` × ``roadcargo serve`` on one database, each on its own port (design section 11's
+    scale-out: several processes, background work in the first only, ``--no-background`` for the
+    others). Each one's log goes to a file: a pipe nobody reads would fill and stop the server."""
+    roadcargo = str(Path(sys.executable).with_name("roadcargo"))
+    procs: list[subprocess.Popen[bytes]] = []
+    ports: list[int] = []
+    try:
+        for i in range(processes):
+            port = free_port()
+            command = [roadcargo, "serve", "--http-port", str(port), "--sftp-port", "0"]
+            if i:
+                command.append("--no-background")
+            with open(workdir / f"{label}-serve-{i}.log", "wb") as log:
+                procs.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log))
+            ports.append(port)
+            wait_until_up(f"http://127.0.0.1:{port}/healthz", f"{label}: gateway process {i}")
+    except BaseException:
+        stop(procs)
+        raise
+    return procs, ports
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.wait(timeout=30)
+
+
+def run_async(make: Callable[[], Awaitable[Any]]) -> Any:
+    loop = new_loop()
+    try:
+        return loop.run_until_complete(make())
+    finally:
+        loop.close()
+
+
+# -- what it cost ---------------------------------------------------------------------------------------
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes and their children so far (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += sum(int(x) for x in fields[11:15]) / tick  # utime stime cutime cstime
+    return total
+
+
+def children(pid: int) -> list[int]:
+    """The pid and its direct children (uvicorn's worker processes)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [pid, *(int(x) for x in f.read().split())]
+    except FileNotFoundError:
+        return [pid]
+
+
+def load() -> str:
+    return "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())

@@ -1,37 +1,52 @@
 """Kiosk decisions per second and their latency over real HTTP, against `roadcargo serve` as a process,
 with the Immigration simulator (`roadcargo simulate immigration`) answering every driver.
 
-    .venv/bin/python bench/kiosk.py [--decisions 2000] [--kiosks 32] [--pg URL] [--skip-sqlite]
+    .venv/bin/python bench/kiosk.py [--decisions 2000] [--kiosks 32] [--processes 1] [--pg URL]
+        [--skip-sqlite]
 
 For each storage (SQLite, and PostgreSQL when --pg or ROADCARGO_TEST_PG names a server), it starts the
 simulator and the gateway on free ports with a fresh database, lodges and bundles one to three
 consignments per vehicle through the service layer (setup, not timed; a lead time of 0 minutes and
 roomy slots so that every truck may cross at once), then sends one kiosk request per vehicle from K
 concurrent kiosks, each a kiosk party bound to its control point, spread over the six control points.
-In the same run it times /healthz round trips with the same clients, the floor of any request through
-the stack. It prints decisions/s, p50/p99 latency, the ratio to /healthz, and the decisions' mix.
+In the same run it times /healthz round trips with the same connections, the floor of any request through
+the stack. It prints decisions/s, p50/p99 latency, the ratio to /healthz, the CPU time the gateway, the
+simulator and the load generator (harness.RawClient) spent per decision, and the decisions' mix.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import collections
+import json
 import os
 import random
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-import httpx
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import free_port, machine, storages, wait_until_up  # noqa: E402
+from bench.harness import (  # noqa: E402
+    RawClient,
+    children,
+    connect_all,
+    cpu_seconds,
+    drive,
+    free_port,
+    health,
+    load,
+    machine,
+    run_async,
+    start_gateways,
+    stop,
+    storages,
+    wait_until_up,
+)
 from gateway import bundles, consignments, db, parties  # noqa: E402
 from gateway.clock import HONG_KONG, Clock  # noqa: E402
 from gateway.config import load_config  # noqa: E402
@@ -118,62 +133,46 @@ def _prepare(url: str, config: Path, decisions: int, kiosks: int) -> tuple[list[
     return keys, points, plan
 
 
-async def _run(base: str, keys: list[str], points: list[str], plan: list[Work]) -> dict[str, object]:
-    limits = httpx.Limits(max_connections=len(keys), max_keepalive_connections=len(keys))
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
-
-        async def health(n: int) -> list[float]:
-            out = []
-            for _ in range(n):
-                t = time.perf_counter()
-                r = await client.get("/healthz")
-                out.append(time.perf_counter() - t)
-                assert r.status_code == 200
-            return out
-
-        started = time.perf_counter()
-        health_lat = [x for xs in await asyncio.gather(*(health(50) for _ in keys)) for x in xs]
-        health_elapsed = time.perf_counter() - started
-
+async def _run(ports: list[int], keys: list[str], points: list[str], plan: list[Work]) -> dict[str, Any]:
+    clients = await connect_all(ports, len(keys))
+    try:
+        health_run = await health(clients, 50)
+        work = [
+            [
+                RawClient.build(
+                    "POST",
+                    "/api/v1/kiosk/clearances",
+                    json.dumps(
+                        {"control_point": cp, "lane": "1", "vehicle": vehicle, "driver_document": document}
+                    ).encode(),
+                    {"Authorization": f"Bearer {key}"},
+                )
+                for vehicle, document in trucks
+            ]
+            for key, cp, trucks in zip(keys, points, plan, strict=True)
+        ]
         errors: list[str] = []
         mix: collections.Counter[str] = collections.Counter()
 
-        async def kiosk(key: str, cp: str, work: Work) -> list[float]:
-            out = []
-            for vehicle, document in work:
-                t = time.perf_counter()
-                r = await client.post(
-                    "/api/v1/kiosk/clearances",
-                    json={"control_point": cp, "lane": "1", "vehicle": vehicle, "driver_document": document},
-                    headers={"Authorization": f"Bearer {key}"},
-                )
-                out.append(time.perf_counter() - t)
-                if r.status_code != 200:
-                    errors.append(f"{r.status_code} {r.text[:200]}")
-                else:
-                    body = r.json()
-                    mix[f"{body['decision']} {','.join(body['reasons'])}".strip()] += 1
-            return out
+        def check(status: int, body: bytes) -> None:
+            if status != 200:
+                errors.append(f"{status} {body[:200]!r}")
+            else:
+                answer = json.loads(body)
+                mix[f"{answer['decision']} {','.join(answer['reasons'])}".strip()] += 1
 
-        started = time.perf_counter()
-        runs = await asyncio.gather(*(kiosk(k, cp, w) for k, cp, w in zip(keys, points, plan, strict=True)))
-        elapsed = time.perf_counter() - started
-        lat = [x for xs in runs for x in xs]
-    return {
-        "decisions": len(lat),
-        "errors": errors,
-        "mix": dict(mix),
-        "per_s": len(lat) / elapsed,
-        "p50_ms": statistics.median(lat) * 1000,
-        "p99_ms": statistics.quantiles(lat, n=100)[98] * 1000,
-        "health_per_s": len(health_lat) / health_elapsed,
-        "health_p99_ms": statistics.quantiles(health_lat, n=100)[98] * 1000,
-    }
+        started = time.process_time()
+        run = await drive(clients, work, check)
+        client_cpu = time.process_time() - started
+    finally:
+        for c in clients:
+            await c.close()
+    return {"run": run, "health": health_run, "errors": errors, "mix": dict(mix), "client_cpu": client_cpu}
 
 
-def bench(label: str, url: str, decisions: int, kiosks: int, workdir: Path) -> dict[str, object]:
+def bench(label: str, url: str, decisions: int, kiosks: int, workdir: Path, processes: int) -> dict[str, Any]:
     roadcargo = str(Path(sys.executable).with_name("roadcargo"))
-    sim_port, port = free_port(), free_port()
+    sim_port = free_port()
     cfg = workdir / f"{label}.toml"
     _config(cfg, workdir / label, sim_port)
     keys, points, plan = _prepare(url, cfg, decisions, kiosks)
@@ -184,21 +183,19 @@ def bench(label: str, url: str, decisions: int, kiosks: int, workdir: Path) -> d
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    proc = subprocess.Popen(
-        [roadcargo, "serve", "--http-port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    procs: list[subprocess.Popen[bytes]] = []
     try:
         wait_until_up(f"http://127.0.0.1:{sim_port}/immigration?wsdl", "the Immigration simulator")
-        base = f"http://127.0.0.1:{port}"
-        wait_until_up(f"{base}/healthz", "the gateway")
-        return asyncio.run(_run(base, keys, points, plan))
+        procs, ports = start_gateways(label, processes, env, workdir)
+        pids = [pid for proc in procs for pid in children(proc.pid)]
+        before, sim_before = cpu_seconds(pids), cpu_seconds([sim.pid])
+        result: dict[str, Any] = run_async(lambda: _run(ports, keys, points, plan))
+        result["server_cpu"] = cpu_seconds(pids) - before
+        result["sim_cpu"] = cpu_seconds([sim.pid]) - sim_before
+        result["load"] = load()
+        return result
     finally:
-        for p in (proc, sim):
-            p.terminate()
-            p.wait(timeout=30)
+        stop([*procs, sim])
 
 
 def main() -> None:
@@ -207,30 +204,35 @@ def main() -> None:
     )
     parser.add_argument("--decisions", type=int, default=2000)
     parser.add_argument("--kiosks", type=int, default=32)
+    parser.add_argument(
+        "--processes", type=int, default=1, help="gateway processes on one database (kiosks spread over them)"
+    )
     parser.add_argument("--pg", default=os.environ.get("ROADCARGO_TEST_PG"), help="PostgreSQL server URL")
     parser.add_argument("--skip-sqlite", action="store_true")
     args = parser.parse_args()
     print(
         f"# kiosk decisions over HTTP, Immigration simulator answering, {args.kiosks} kiosks, "
-        f"{args.decisions} trucks"
+        f"{args.decisions} trucks, {args.processes} gateway process(es)"
     )
     print(f"# {machine()}")
     with tempfile.TemporaryDirectory() as tmp, storages(Path(tmp), args.pg, args.skip_sqlite) as runs:
         print(
             "| storage | decisions/s | p50 ms | p99 ms | /healthz/s | /healthz p99 ms | vs /healthz "
-            "| errors |"
+            "| server CPU ms/decision | simulator CPU ms/decision | client CPU ms/decision | errors |"
         )
-        print("|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for label, url in runs:
-            r = bench(label, url, args.decisions, args.kiosks, Path(tmp))
+            r = bench(label, url, args.decisions, args.kiosks, Path(tmp), args.processes)
+            run, hz, n = r["run"], r["health"], max(len(r["run"].latencies), 1)
             print(
-                f"| {label} | {r['per_s']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-                f"{r['health_per_s']:.0f} | {r['health_p99_ms']:.1f} | "
-                f"{r['per_s'] / r['health_per_s']:.2f}x | {len(r['errors'])} |",  # type: ignore[operator]
+                f"| {label} | {run.per_s:.0f} | {run.ms(50):.1f} | {run.ms(99):.1f} | "
+                f"{hz.per_s:.0f} | {hz.ms(99):.1f} | {run.per_s / hz.per_s:.2f}x | "
+                f"{r['server_cpu'] / n * 1000:.2f} | {r['sim_cpu'] / n * 1000:.2f} | "
+                f"{r['client_cpu'] / n * 1000:.2f} | {len(r['errors'])} |",
                 flush=True,
             )
-            print(f"  decisions: {r['mix']}")
-            for e in r["errors"][:5]:  # type: ignore[index]
+            print(f"  decisions: {r['mix']}; {r['load']} at the end")
+            for e in r["errors"][:5]:
                 print(f"  error: {e}")
 
 

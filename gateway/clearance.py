@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 
 from gateway import risk, tables
 from gateway.context import Actor, Gateway, audit, audit_values, iso_hk
@@ -40,6 +40,35 @@ _N = tables.inspections
 _X = tables.transhipments
 _CONTINGENCY = "contingency."
 _CLEARANCES = insert(_K)
+
+# The statements of a kiosk decision, built once: building and cache-keying a Core statement on every
+# execution cost more CPU than the database's work on it (design section 6 asks 500 decisions a second).
+_SETTING = select(tables.settings.c.value).where(tables.settings.c.name == bindparam("name"))
+_BOUND = select(tables.parties.c.control_point).where(tables.parties.c.party_id == bindparam("party_id"))
+_LIVE_BUNDLE = select(_B).where(_B.c.live_vehicle == bindparam("vehicle"))
+_LIVE_BUNDLE_LOCKED = _LIVE_BUNDLE.with_for_update()
+_MEMBERS = (
+    select(_C)
+    .join(_I, (_I.c.ccrn == _C.c.ccrn) & (_I.c.bundle_id == bindparam("bundle_id")))
+    .where(_I.c.removed_at.is_(None))
+    .order_by(_C.c.ccrn)
+)
+_MEMBERS_LOCKED = _MEMBERS.with_for_update()
+_OPEN_INSPECTION = select(_N).where(_N.c.bundle_id == bindparam("bundle_id"), _N.c.status == "OPEN")
+_RECORDS = select(_V.c.ccrn, _V.c.record).where(
+    _V.c.ccrn.in_(bindparam("ccrns", expanding=True)),
+    _V.c.version == select(_C.c.version).where(_C.c.ccrn == _V.c.ccrn).scalar_subquery(),
+)
+_TRANSHIPS = select(_X).where(_X.c.ccrn.in_(bindparam("ccrns", expanding=True)))
+_STATUSES = select(_C.c.ccrn, _C.c.status, _C.c.status_version).where(
+    _C.c.ccrn.in_(bindparam("ccrns", expanding=True))
+)
+_MOVE = (
+    update(_C)
+    .where(_C.c.ccrn.in_(bindparam("ccrns", expanding=True)))
+    .values(status_version=_C.c.status_version + 1, updated_at=bindparam("now"))
+)
+_MOVE_TO = _MOVE.values(status=bindparam("to"))
 
 # Immigration is called on a pool of its own with a deadline, so that a client that ignores its own
 # timeout can neither hold a request nor let a late answer through: past the deadline it is NOT_READY.
@@ -122,9 +151,7 @@ def _authorise(conn: Connection, actor: Actor, control_point: str) -> None:
         return
     if actor.role != "kiosk":
         raise GatewayError.one("FORBIDDEN", "only kiosks and officers ask for clearance decisions")
-    bound = conn.scalar(
-        select(tables.parties.c.control_point).where(tables.parties.c.party_id == actor.party_id)
-    )
+    bound = conn.scalar(_BOUND, {"party_id": actor.party_id})
     if bound != control_point:
         raise GatewayError.one(
             "FORBIDDEN", f"this kiosk is bound to {bound}, not {control_point}", "control_point"
@@ -135,8 +162,7 @@ def _authorise(conn: Connection, actor: Actor, control_point: str) -> None:
 
 
 def in_contingency(conn: Connection, control_point: str) -> bool:
-    name = _CONTINGENCY + control_point
-    return conn.scalar(select(tables.settings.c.value).where(tables.settings.c.name == name)) == "on"
+    return conn.scalar(_SETTING, {"name": _CONTINGENCY + control_point}) == "on"
 
 
 def set_contingency(gw: Gateway, actor: Actor, control_point: str, active: Any) -> dict[str, Any]:
@@ -171,13 +197,7 @@ def set_contingency(gw: Gateway, actor: Actor, control_point: str, active: Any) 
 
 
 def _members(conn: Connection, bundle_id: str, lock: bool) -> list[Any]:
-    query = (
-        select(_C)
-        .join(_I, (_I.c.ccrn == _C.c.ccrn) & (_I.c.bundle_id == bundle_id))
-        .where(_I.c.removed_at.is_(None))
-        .order_by(_C.c.ccrn)
-    )
-    return list(conn.execute(query.with_for_update() if lock else query))
+    return list(conn.execute(_MEMBERS_LOCKED if lock else _MEMBERS, {"bundle_id": bundle_id}))
 
 
 def _plan(conn: Connection, gw: Gateway, req: KioskRequest, lock: bool) -> Plan:
@@ -187,8 +207,7 @@ def _plan(conn: Connection, gw: Gateway, req: KioskRequest, lock: bool) -> Plan:
     if in_contingency(conn, req.control_point):
         plan.early = Verdict("NOT_READY", ["CONTINGENCY"])
         return plan
-    query = select(_B).where(_B.c.live_vehicle == req.vehicle)
-    bundle = conn.execute(query.with_for_update() if lock else query).first()
+    bundle = conn.execute(_LIVE_BUNDLE_LOCKED if lock else _LIVE_BUNDLE, {"vehicle": req.vehicle}).first()
     plan.bundle = bundle
     if req.empty:
         if bundle is not None:
@@ -209,9 +228,7 @@ def _plan(conn: Connection, gw: Gateway, req: KioskRequest, lock: bool) -> Plan:
         plan.early = Verdict("NOT_READY", ["EXPIRED"])
         return plan
     if bundle.status == "ARRIVED":
-        plan.open_inspection = conn.execute(
-            select(_N).where(_N.c.bundle_id == bundle.bundle_id, _N.c.status == "OPEN")
-        ).first()
+        plan.open_inspection = conn.execute(_OPEN_INSPECTION, {"bundle_id": bundle.bundle_id}).first()
         if plan.open_inspection is not None:
             plan.early = Verdict("INSPECT", ["SELECTED_FOR_INSPECTION"])
             return plan
@@ -226,16 +243,8 @@ def _plan(conn: Connection, gw: Gateway, req: KioskRequest, lock: bool) -> Plan:
         # are checked under lock, where they decide.
         return plan
     ccrns = [m.ccrn for m in plan.members]
-    plan.records = {
-        r.ccrn: json.loads(r.record)
-        for r in conn.execute(
-            select(_V.c.ccrn, _V.c.record).where(
-                _V.c.ccrn.in_(ccrns),
-                _V.c.version == select(_C.c.version).where(_C.c.ccrn == _V.c.ccrn).scalar_subquery(),
-            )
-        )
-    }
-    plan.tranship = {r.ccrn: r for r in conn.execute(select(_X).where(_X.c.ccrn.in_(ccrns)))}
+    plan.records = {r.ccrn: json.loads(r.record) for r in conn.execute(_RECORDS, {"ccrns": ccrns})}
+    plan.tranship = {r.ccrn: r for r in conn.execute(_TRANSHIPS, {"ccrns": ccrns})}
     for m in plan.members:
         mode = (plan.records[m.ccrn].get("transhipment") or {}).get("mode")
         if mode == "AIR_TO_LAND" and m.ccrn not in plan.tranship:
@@ -517,14 +526,11 @@ def move(
     if not ccrns:
         return
     now = gw.now()
-    current = {
-        r.ccrn: r
-        for r in conn.execute(select(_C.c.ccrn, _C.c.status, _C.c.status_version).where(_C.c.ccrn.in_(ccrns)))
-    }
-    values: dict[str, Any] = {"status_version": _C.c.status_version + 1, "updated_at": now}
-    if status is not None:
-        values["status"] = status
-    conn.execute(update(_C).where(_C.c.ccrn.in_(ccrns)).values(**values))
+    current = {r.ccrn: r for r in conn.execute(_STATUSES, {"ccrns": ccrns})}
+    if status is None:
+        conn.execute(_MOVE, {"ccrns": ccrns, "now": now})
+    else:
+        conn.execute(_MOVE_TO, {"ccrns": ccrns, "now": now, "to": status})
     text = json.dumps(data)
     events = []
     audits = []

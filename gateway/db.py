@@ -3,6 +3,9 @@ production (design section 11)."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -11,7 +14,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 
@@ -27,13 +30,53 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         _sqlite_pragmas(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(url, **_server_engine_options(parsed.query))
+
+
+# -- engine options of a database server (helper G1) ---------------------------------------------------
+# After PostgreSQL restarts, fails over or has its backends terminated, the gateway recovers by itself:
+# every connection is pinged as it leaves the pool (a dead one is replaced, the request never sees it),
+# and the first disconnect seen on a connection in use invalidates the whole pool, so the others are
+# not tried one by one. The request that was using that connection fails with OperationalError, which
+# the HTTP edge answers 503 UNAVAILABLE with Retry-After (its transaction rolled back, unless the break
+# came during the COMMIT itself: a retry tells). Connecting gives
+# up after CONNECT_TIMEOUT seconds instead of hanging, and TCP keepalives notice a server that vanished
+# without closing its connections (a failover to another machine). The URL's own query parameters win.
+CONNECT_TIMEOUT = 10
+_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+
+
+def _server_engine_options(query: Any) -> dict[str, Any]:
+    connect_args = {
+        key: value
+        for key, value in {"connect_timeout": CONNECT_TIMEOUT, **_KEEPALIVES}.items()
+        if key not in query
+    }
+    return {
+        "pool_pre_ping": True,
+        "pool_size": 10,
+        "max_overflow": 20,
+        "pool_timeout": 30,
+        "connect_args": connect_args,
+    }
+
+
+_writing = threading.local()
 
 
 def _sqlite_pragmas(engine: Engine) -> None:
-    # pysqlite's own transaction handling defers BEGIN and cannot take the write lock up front; two
-    # writers that both read first would then deadlock. Every transaction is BEGIN IMMEDIATE instead,
-    # so writers queue on busy_timeout and WAL lets readers go on.
+    """SQLite transactions: ``engine.begin()`` (the writers) is ``BEGIN IMMEDIATE``, ``engine.connect()``
+    (the readers) a plain deferred ``BEGIN`` that takes no lock at all in WAL mode.
+
+    pysqlite's own transaction handling defers BEGIN and cannot take the write lock up front; two
+    writers that both read first would then deadlock. So a writer takes the write lock up front and
+    others queue: first on a lock of this process (they wait their turn instead of polling in SQLite's
+    busy handler, whose sleeps of up to 100 ms made the tail latency), then, against other processes,
+    on ``busy_timeout``. Readers never wait for writers. Rule for code: every write goes in
+    ``engine.begin()``; ``engine.connect()`` is for reading.
+    """
+    queue = threading.RLock()  # re-entrant: a nested writer fails on busy_timeout as before, not here
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
@@ -46,7 +89,36 @@ def _sqlite_pragmas(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if getattr(_writing, "depth", 0) else "BEGIN")
+
+    connect = engine.connect
+
+    @contextmanager
+    def begin() -> Iterator[Connection]:
+        with queue, connect() as conn:
+            _writing.depth = getattr(_writing, "depth", 0) + 1
+            try:
+                with conn.begin():
+                    _writing.depth -= 1  # BEGIN IMMEDIATE is sent; what runs inside reads normally
+                    try:
+                        yield conn
+                    finally:
+                        _writing.depth += 1
+            finally:
+                _writing.depth -= 1
+
+    engine.begin = begin  # type: ignore[method-assign]
+
+
+@contextmanager
+def immediate(engine: Engine) -> Iterator[None]:
+    """Within this block every transaction ``engine.connect()`` starts is ``BEGIN IMMEDIATE`` too (for
+    code that writes through a connection it did not get from ``engine.begin()``, such as Alembic)."""
+    _writing.depth = getattr(_writing, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _writing.depth -= 1
 
 
 def _alembic_config(engine: Engine) -> AlembicConfig:
@@ -58,7 +130,8 @@ def _alembic_config(engine: Engine) -> AlembicConfig:
 
 def upgrade(engine: Engine) -> None:
     """Bring the schema to the newest migration (``roadcargo db upgrade``)."""
-    command.upgrade(_alembic_config(engine), "head")
+    with immediate(engine):
+        command.upgrade(_alembic_config(engine), "head")
 
 
 def head_revisions() -> set[str]:

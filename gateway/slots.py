@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import datetime, time, timedelta
 
-from sqlalchemy import Connection, insert, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from gateway import tables
@@ -21,6 +21,21 @@ from gateway.config import ControlPointConfig
 from gateway.errors import GatewayError
 
 _S = tables.slot_bookings
+_TAKE = (  # built once: statement building costs more than the update itself
+    update(_S)
+    .where(
+        _S.c.control_point == bindparam("cp"),
+        _S.c.slot_start == bindparam("start"),
+        _S.c.booked < bindparam("cap"),
+    )
+    .values(booked=_S.c.booked + 1)
+)
+_FULL = select(_S.c.slot_start).where(
+    _S.c.control_point == bindparam("cp"),
+    _S.c.slot_start >= bindparam("first"),
+    _S.c.slot_start <= bindparam("last"),
+    _S.c.booked >= bindparam("cap"),
+)
 
 
 def _hhmm(text: str) -> timedelta:
@@ -44,8 +59,13 @@ def candidate_slots(cp: ControlPointConfig, target: datetime) -> Iterator[tuple[
 
 def book(conn: Connection, code: str, cp: ControlPointConfig, target: datetime) -> tuple[datetime, datetime]:
     """Book the first slot with room at or after ``target``; raises SLOT_FULL when the day has none."""
-    for start, end in candidate_slots(cp, target):
-        if _take(conn, code, start, cp.slot_capacity):
+    candidates = list(candidate_slots(cp, target))
+    full: set[datetime] = set()
+    if candidates:  # one read skips the slots already full instead of one refused update each
+        bounds = {"cp": code, "first": candidates[0][0], "last": candidates[-1][0], "cap": cp.slot_capacity}
+        full = set(conn.scalars(_FULL, bounds))
+    for start, end in candidates:
+        if start not in full and _take(conn, code, start, cp.slot_capacity):
             return start, end
     local = target.astimezone(HONG_KONG)
     raise GatewayError.one(
@@ -57,12 +77,8 @@ def book(conn: Connection, code: str, cp: ControlPointConfig, target: datetime) 
 
 
 def _take(conn: Connection, code: str, start: datetime, capacity: int) -> bool:
-    taken = conn.execute(
-        update(_S)
-        .where(_S.c.control_point == code, _S.c.slot_start == start, _S.c.booked < capacity)
-        .values(booked=_S.c.booked + 1)
-    ).rowcount
-    if taken:
+    params = {"cp": code, "start": start, "cap": capacity}
+    if conn.execute(_TAKE, params).rowcount:
         return True
     try:
         with conn.begin_nested():
@@ -71,13 +87,7 @@ def _take(conn: Connection, code: str, start: datetime, capacity: int) -> bool:
     except IntegrityError:
         # The slot's row exists: it was full above, or another bundler created it just now. Try once
         # more under the row's lock; what it says is final.
-        return bool(
-            conn.execute(
-                update(_S)
-                .where(_S.c.control_point == code, _S.c.slot_start == start, _S.c.booked < capacity)
-                .values(booked=_S.c.booked + 1)
-            ).rowcount
-        )
+        return bool(conn.execute(_TAKE, params).rowcount)
 
 
 def release(conn: Connection, code: str, start: datetime) -> None:
