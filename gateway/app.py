@@ -3,6 +3,7 @@ errors turned into the catalogue's vocabulary at one edge, and health and metric
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from typing import Any
@@ -11,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -24,13 +25,16 @@ from adapters import (
     http_agency,
     http_api,
     http_border,
+    http_crossings,
+    http_declarations,
     ivr,
     portal,
     sftp_http,
     soap,
     xml_channel,
 )
-from gateway import db
+from gateway import db, logs, ratelimit
+from gateway import metrics as operations_metrics
 from gateway.context import Gateway
 from gateway.errors import GatewayError, Problem
 from gateway.record import record_json_schema
@@ -78,9 +82,14 @@ class BodyLimit:
             return
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._too_large(scope, receive, send)
-            return
+        if declared is not None and declared.isdigit():
+            if int(declared) > self.limit:
+                await self._too_large(scope, receive, send)
+                return
+            if b"transfer-encoding" not in headers:
+                # The server reads exactly Content-Length bytes, no more: nothing to count or buffer.
+                await self.app(scope, receive, send)
+                return
         chunks: list[bytes] = []
         size = 0
         more = True
@@ -151,6 +160,12 @@ def create_app(gw: Gateway) -> FastAPI:
     )
     app.state.gateway = gw
     app.state.metrics = metrics = Metrics()
+
+    # Routes are matched in the order they were added, each at some cost: the health check comes first.
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
     app.include_router(http_api.router)
     app.include_router(http_border.router)
     app.include_router(http_agency.router)
@@ -160,10 +175,12 @@ def create_app(gw: Gateway) -> FastAPI:
     app.include_router(ivr.router)
     app.include_router(sftp_http.router)
     app.include_router(portal.router)
+    app.include_router(http_crossings.router)  # contingency crossings (helper G1)
+    app.include_router(http_declarations.router)  # declaration reuse (helper E)
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(_request: Request, exc: GatewayError) -> JSONResponse:
-        return _error_response(exc)
+        return _error_response(exc, getattr(exc, "headers", None))  # RATE_LIMITED: Retry-After
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -186,6 +203,8 @@ def create_app(gw: Gateway) -> FastAPI:
 
     @app.exception_handler(OperationalError)
     async def _db_down(_request: Request, exc: OperationalError) -> JSONResponse:
+        if _disk_full(exc):  # SQLite says "database or disk is full" as an OperationalError
+            return _error_response(_STORAGE_FULL)
         log.warning("database unavailable: %s", exc.orig)
         error = GatewayError.one("UNAVAILABLE", "the database is unavailable; nothing was accepted, retry")
         return _error_response(error, {"Retry-After": "5"})
@@ -201,14 +220,18 @@ def create_app(gw: Gateway) -> FastAPI:
             GatewayError.one("INTERNAL", "an unexpected database fault; nothing was accepted")
         )
 
+    @app.exception_handler(OSError)
+    async def _os_error(_request: Request, exc: OSError) -> JSONResponse:
+        if _disk_full(exc):
+            log.error("the data directory is full: %s", exc)
+            return _error_response(_STORAGE_FULL)
+        log.exception("unexpected error")
+        return _error_response(GatewayError.one("INTERNAL", "an unexpected fault; nothing was accepted"))
+
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error")
         return _error_response(GatewayError.one("INTERNAL", "an unexpected fault; nothing was accepted"))
-
-    @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz() -> JSONResponse:
@@ -229,7 +252,8 @@ def create_app(gw: Gateway) -> FastAPI:
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> PlainTextResponse:
-        return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        body = await run_in_threadpool(operations_metrics.exposition, metrics.registry)  # queue depths: DB
+        return PlainTextResponse(body, media_type=CONTENT_TYPE_LATEST)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -248,7 +272,22 @@ def create_app(gw: Gateway) -> FastAPI:
     app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(BodyLimit, limit=gw.config.server.max_body_bytes)
     app.add_middleware(Measure, metrics=metrics)
+    # -- operations (helper F): metrics of the ingest channels, login limits, request ids and access log
+    operations_metrics.install(metrics.registry, gw)
+    app.add_middleware(ratelimit.LoginLimit, limits=gw.config.limits)
+    app.add_middleware(logs.RequestContext, observe=operations_metrics.observe_http)
     return app
+
+
+_STORAGE_FULL = GatewayError.one("STORAGE_FULL", "the data directory is full; nothing was accepted")
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """No room left: ENOSPC from the file system, or the database saying so."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(getattr(exc, "orig", exc))
+    return "No space left" in text or "disk is full" in text or "could not extend file" in text
 
 
 _ERRORS_SCHEMA = {

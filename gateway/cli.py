@@ -20,6 +20,7 @@ from gateway import consignments, db, parties
 from gateway.config import Config, ConfigError, load_config
 from gateway.context import AGENCY_SCOPES, ROLES, Actor, Gateway
 from gateway.errors import GatewayError, catalogue_markdown
+from gateway.worker import Background
 
 if TYPE_CHECKING:
     from adapters.immigration_client import ImmigrationClient
@@ -58,31 +59,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from gateway.app import create_app
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _setup_logs(args)
     gw = _gateway(args, migrate=True)  # serve sets up or upgrades the database first
     immigration = gw.immigration = _immigration_client(gw)
     app = create_app(gw)
-    stop = threading.Event()
     fastapi_app: Any = app
 
     @asynccontextmanager
     async def lifespan(_app: Any) -> Any:
-        worker = threading.Thread(
-            target=_background, args=(gw, stop), name="roadcargo-background", daemon=True
-        )
-        worker.start()
-        notices = threading.Thread(
-            target=_advance_notices,
-            args=(gw, immigration, stop),
-            name="roadcargo-advance-notices",
-            daemon=True,
-        )
-        notices.start()
+        # -- background work (helper G1): in this process unless --no-background; else `roadcargo worker`
+        background = None if args.no_background else Background(gw, immigration)
+        if background is not None:
+            background.start()  # its advance-notice job loads the Immigration WSDL first
+        else:  # the kiosk still asks Immigration here: load the WSDL before the first request does
+            threading.Thread(target=immigration.warm, name="roadcargo-warm", daemon=True).start()
         sftp = _start_sftp(args, gw, app)
         yield
-        stop.set()
         sftp.stop()
-        worker.join(timeout=5)
+        if background is not None:
+            background.stop(timeout=5)
 
     fastapi_app.router.lifespan_context = lifespan
     port = int(args.http_port or os.environ.get("ROADCARGO_HTTP_PORT") or 8080)
@@ -92,7 +87,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         flush=True,
     )
     server = _uvicorn_server()(
-        uvicorn.Config(app, host=args.host, port=port, log_level="info", access_log=True)
+        # Logging is set up by _setup_logs; the access lines are the gateway's own (with the request id).
+        uvicorn.Config(app, host=args.host, port=port, log_level="info", access_log=False, log_config=None)
     )
     server.run()
     gw.engine.dispose()
@@ -105,7 +101,13 @@ def _start_sftp(args: argparse.Namespace, gw: Gateway, app: Any) -> Any:
     from adapters.sftp_service import DEFAULT_PORT, SftpService
 
     port = args.sftp_port if args.sftp_port is not None else os.environ.get("ROADCARGO_SFTP_PORT")
-    sftp = SftpService(gw, args.host, DEFAULT_PORT if port in (None, "") else int(port))  # 0: any free port
+    # --no-background: the listener only; mailbox processing and polling run in 'roadcargo worker'.
+    sftp = SftpService(
+        gw,
+        args.host,
+        DEFAULT_PORT if port in (None, "") else int(port),  # 0: any free port
+        background=not getattr(args, "no_background", False),
+    )
     problem = sftp.start()
     app.state.metrics.registry.register(sftp.collector())
     if problem is None and sftp.server is not None:
@@ -131,43 +133,28 @@ def _uvicorn_server() -> Any:
     return Server
 
 
-def _background(gw: Gateway, stop: threading.Event, every: float = 60.0) -> None:
-    """Periodic work of a single process: expiry of consignments not crossed in time."""
-    while not stop.is_set():
-        try:
-            expired = consignments.expire_due(gw)
-            if expired:
-                log.info("expired %d consignments", expired)
-        except Exception:  # the sweep retries next round; a failure must not stop the server
-            log.exception("expiry sweep failed")
-        stop.wait(every)
-
-
 def _immigration_client(gw: Gateway) -> ImmigrationClient:
     from adapters.immigration_client import ImmigrationClient
 
     return ImmigrationClient(gw.config.immigration.url, gw.config.immigration.timeout_ms)
 
 
-def _advance_notices(
-    gw: Gateway, client: ImmigrationClient, stop: threading.Event, every: float = 1.0
-) -> None:
-    """Deliver Immigration's advance notices from the outbox; at once again while a batch was full.
-    The WSDL is loaded first, so that the first kiosk request does not pay for it."""
-    from gateway.advance_notices import deliver_due
+# -- roadcargo worker (helper G1) -----------------------------------------------------------------------
 
-    client.warm()
-    while not stop.is_set():
-        pause = every
-        try:
-            sent = deliver_due(gw, client)
-            if sent.delivered:
-                log.info("delivered %d advance notices to Immigration", sent.delivered)
-            if sent.delivered + sent.failed >= 50 and not sent.failed:
-                pause = 0
-        except Exception:  # the outbox keeps every notice; the next round tries again
-            log.exception("advance notice delivery failed")
-        stop.wait(pause)
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """The background work alone (expiry, advance notices, SFTP processing and polling, sweeps), for
+    running beside ``roadcargo serve --no-background`` processes; any number may run at once."""
+    from gateway.worker import run_worker
+
+    _setup_logs(args)
+    gw = _gateway(args)
+    gw.immigration = immigration = _immigration_client(gw)
+    print(f"worker on database {_safe(str(gw.engine.url))}", flush=True)
+    try:
+        return run_worker(gw, immigration, sftp=not args.no_sftp)
+    finally:
+        gw.engine.dispose()
 
 
 def cmd_simulate_immigration(args: argparse.Namespace) -> int:
@@ -256,8 +243,11 @@ def cmd_party_status(args: argparse.Namespace) -> int:
 
 def cmd_key_add(args: argparse.Namespace) -> int:
     gw = _gateway(args)
-    key = parties.add_key(gw, CLI_OFFICER, args.party)
-    print(json.dumps(key) if args.json else f"key {key['key_id']}: {key['api_key']}\nShown this once.")
+    key = parties.add_key(gw, CLI_OFFICER, args.party, args.expires_in_days)
+    expiry = f" (expires {key['expires_at']})" if key["expires_at"] else ""
+    print(
+        json.dumps(key) if args.json else f"key {key['key_id']}{expiry}: {key['api_key']}\nShown this once."
+    )
     return 0
 
 
@@ -278,6 +268,37 @@ def cmd_ssh_key_add(args: argparse.Namespace) -> int:
     else:
         note = "registered" if key["created"] else "was already registered"
         print(f"SSH key {key['fingerprint']} ({key['algorithm']}) {note} for party {args.party}")
+    return 0
+
+
+def cmd_ssh_key_list(args: argparse.Namespace) -> int:
+    from adapters.sftp_keys import list_ssh_keys
+
+    keys = list_ssh_keys(_gateway(args), CLI_OFFICER, args.party)
+    if args.json:
+        print(json.dumps(keys))
+        return 0
+    if not keys:
+        print(f"party {args.party} has no SSH key: 'roadcargo party ssh-key add {args.party} FILE'")
+    for key in keys:
+        state = f"revoked {key['revoked_at']}" if key["revoked_at"] else "live"
+        print(
+            f"{key['key_id']:>5}  {key['fingerprint']}  {key['algorithm']}  {state}  "
+            f"added {key['created_at']}  {key['comment'] or ''}".rstrip()
+        )
+    return 0
+
+
+def cmd_ssh_key_revoke(args: argparse.Namespace) -> int:
+    from adapters.sftp_keys import revoke_ssh_key
+
+    key = revoke_ssh_key(_gateway(args), CLI_OFFICER, args.party, args.fingerprint)
+    if args.json:
+        print(json.dumps(key))
+    elif key["revoked"]:
+        print(f"SSH key {key['fingerprint']} of party {args.party} is revoked: it opens the mailbox no more")
+    else:
+        print(f"SSH key {key['fingerprint']} of party {args.party} was revoked already ({key['revoked_at']})")
     return 0
 
 
@@ -393,6 +414,146 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+# -- operations (helper F): logs, audit export ---------------------------------------------------------
+
+
+def _setup_logs(args: argparse.Namespace) -> None:
+    """Text or JSON log lines (``--log-format``, else ``[server] log_format``), with request ids."""
+    from gateway import logs
+
+    chosen = getattr(args, "log_format", None)
+    logs.setup(chosen or _config(args).server.log_format)
+
+
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    from gateway import retention
+
+    gw = _gateway(args)
+    since, until = retention.parse_day(args.since, "--since"), retention.parse_day(args.until, "--until")
+    written = retention.export_audit(gw, since, until, args.out)
+    print(f"{written} audit rows written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_retention_sweep(args: argparse.Namespace) -> int:
+    from gateway import retention
+
+    done = retention.sweep(_gateway(args))
+    print(
+        json.dumps(done)
+        if args.json
+        else f"{done['raw_messages']} raw messages emptied, {done['audit_rows']} audit rows deleted"
+    )
+    return 0
+
+
+def _operations_parsers(sub: Any, common: argparse.ArgumentParser, *servers: argparse.ArgumentParser) -> None:
+    for server in servers:
+        server.add_argument(
+            "--log-format", choices=("text", "json"), help="text or JSON log lines (default: [server])"
+        )
+    audit = sub.add_parser("audit", help="the audit trail").add_subparsers(
+        dest="audit_command", required=True
+    )
+    export = audit.add_parser(
+        "export", parents=[common], help="write the audit rows of a period as JSON lines"
+    )
+    export.add_argument(
+        "--since", required=True, metavar="DATE", help="first day (YYYY-MM-DD, Hong Kong time)"
+    )
+    export.add_argument("--until", required=True, metavar="DATE", help="last day, included (YYYY-MM-DD)")
+    export.add_argument("--out", required=True, metavar="FILE", help="output file ('-' for standard output)")
+    export.set_defaults(func=cmd_audit_export)
+    retention = sub.add_parser("retention", help="the [retention] settings").add_subparsers(
+        dest="retention_command", required=True
+    )
+    sweep = retention.add_parser(
+        "sweep", parents=[common], help="empty old raw messages and delete old audit rows now"
+    )
+    sweep.add_argument("--json", action="store_true")
+    sweep.set_defaults(func=cmd_retention_sweep)
+
+
+# -- declarations (helper E) --------------------------------------------------------------------------
+
+
+def _crossed_since(text: str) -> Any:
+    """A date (the start of that day in Hong Kong) or a date-time with offset."""
+    from datetime import date, datetime, time
+
+    from gateway.clock import HONG_KONG
+
+    try:
+        if len(text) == 10:
+            return datetime.combine(date.fromisoformat(text), time(0), HONG_KONG)
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise GatewayError.one(
+            "INVALID_VALUE",
+            f"{text!r} is not a date (2026-12-01) or a date-time with offset (2026-12-01T08:00+08:00)",
+            "crossed_since",
+        )
+    return moment
+
+
+def cmd_declarations_export(args: argparse.Namespace) -> int:
+    """Write the prefilled declarations of a period for a declaration service provider's system: one
+    file per consignment, named after its CCRN, in the chosen format."""
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from adapters.http_declarations import render
+    from gateway import declarations
+
+    gw = _gateway(args)
+    actor = _ingest_actor(gw, args.party)
+    since = _crossed_since(args.crossed_since)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    suffix = {"json": "json", "xml": "xml", "edifact": "edi"}[args.format]
+    total = declarations.count_since(gw, actor, since, args.include_declared)
+    written = 0
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    ) as bar:
+        task = bar.add_task("declarations", total=total)
+        for document in declarations.prefilled_since(gw, actor, since, args.include_declared):
+            path = out / f"declaration-{document['ccrn']}.{suffix}"
+            path.write_bytes(render(gw, actor, [document], args.format))
+            written += 1
+            bar.update(task, advance=1)
+    print(f"{written} prefilled declarations of consignments crossed since {since.isoformat()} -> {out}")
+    return 0
+
+
+def _declarations_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    declarations = sub.add_parser("declarations", help="trade declarations prefilled from cargo records")
+    commands = declarations.add_subparsers(dest="declarations_command", required=True)
+    export = commands.add_parser(
+        "export",
+        parents=[common],
+        help="write the prefilled declarations of consignments crossed since a date, one file each",
+    )
+    export.add_argument("--party", required=True, metavar="PARTY_ID", help="the filer or its granted agent")
+    export.add_argument(
+        "--crossed-since", required=True, metavar="DATE", help="YYYY-MM-DD (Hong Kong) or a date-time"
+    )
+    export.add_argument("--format", choices=("edifact", "xml", "json"), default="json")
+    export.add_argument("--out", required=True, metavar="DIR", help="directory for the files")
+    export.add_argument(
+        "--include-declared", action="store_true", help="also consignments already fully declared"
+    )
+    export.set_defaults(func=cmd_declarations_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -410,6 +571,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.set_defaults(func=cmd_serve)
+    # -- helper G1: API-only serve processes, and the worker that does their background work
+    serve.add_argument(
+        "--no-background",
+        action="store_true",
+        help="HTTP and the SFTP listener only; background work is left to 'roadcargo worker' processes",
+    )
+    worker = sub.add_parser(
+        "worker",
+        parents=[common],
+        help="run the background work alone (expiry, advance notices, SFTP processing, sweeps)",
+    )
+    worker.add_argument(
+        "--no-sftp", action="store_true", help="leave SFTP processing and polling to other processes"
+    )
+    worker.set_defaults(func=cmd_worker)
+    _operations_parsers(sub, common, serve, worker)  # helper F: --log-format, audit export, retention
 
     dbp = sub.add_parser("db", help="database maintenance").add_subparsers(dest="db_command", required=True)
     dbp.add_parser("upgrade", parents=[common], help="create or migrate the schema").set_defaults(
@@ -441,6 +618,9 @@ def build_parser() -> argparse.ArgumentParser:
     kadd = key.add_parser("add", parents=[common], help="issue a second key; shown once")
     kadd.add_argument("party")
     kadd.add_argument("--json", action="store_true")
+    kadd.add_argument(
+        "--expires-in-days", type=int, metavar="N", help="the key stops working by itself after N days"
+    )
     kadd.set_defaults(func=cmd_key_add)
     krev = key.add_parser("revoke", parents=[common], help="revoke a key by its id")
     krev.add_argument("party")
@@ -455,6 +635,19 @@ def build_parser() -> argparse.ArgumentParser:
     sadd.add_argument("file", metavar="FILE")
     sadd.add_argument("--json", action="store_true")
     sadd.set_defaults(func=cmd_ssh_key_add)
+    slist = ssh.add_parser("list", parents=[common], help="a party's SSH keys with their fingerprints")
+    slist.add_argument("party")
+    slist.add_argument("--json", action="store_true")
+    slist.set_defaults(func=cmd_ssh_key_list)
+    srev = ssh.add_parser(
+        "revoke", parents=[common], help="revoke an SSH key: it no longer opens the party's mailbox"
+    )
+    srev.add_argument("party")
+    srev.add_argument(
+        "fingerprint", metavar="FINGERPRINT", help="SHA256:... as 'ssh-key list' shows it, or the key id"
+    )
+    srev.add_argument("--json", action="store_true")
+    srev.set_defaults(func=cmd_ssh_key_revoke)
     sftp = sub.add_parser("sftp", help="the SFTP channel").add_subparsers(dest="sftp_command", required=True)
     sstatus = sftp.add_parser(
         "status", parents=[common], help="each mailbox and pull partner: waiting, last success, last error"
@@ -481,6 +674,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--watchlist", metavar="FILE", help="travel document numbers to refuse, one a line")
     sim.add_argument("--delay-ms", type=int, default=0, help="delay every answer by this many ms")
     sim.set_defaults(func=cmd_simulate_immigration)
+    _declarations_parsers(sub, common)  # helper E: roadcargo declarations export
     return parser
 
 

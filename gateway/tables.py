@@ -83,6 +83,7 @@ api_keys = Table(
     Column("hint", String(12), nullable=False),  # the first characters, to tell keys apart
     Column("created_at", UtcDateTime, nullable=False),
     Column("revoked_at", UtcDateTime),
+    Column("expires_at", UtcDateTime),  # 0011_operations: a key may stop working by itself
 )
 
 edi_identifiers = Table(
@@ -96,13 +97,14 @@ raw_messages = Table(
     "raw_messages",
     metadata,
     Column("message_id", BigId, primary_key=True, autoincrement=True),
-    Column("received_at", UtcDateTime, nullable=False),
+    Column("received_at", UtcDateTime, nullable=False, index=True),  # index: 0011_operations (retention)
     Column("party_id", String(8)),
     Column("channel", String(10), nullable=False),
     Column("content_type", String(100)),
     Column("sha256", String(64), nullable=False, index=True),
     Column("size", Integer, nullable=False),
     Column("body", LargeBinary, nullable=False),
+    Column("request_id", String(64)),  # 0011_operations: the X-Request-ID it came with
 )
 
 consignments = Table(
@@ -129,6 +131,7 @@ consignments = Table(
     UniqueConstraint("filer_id", "live_reference", name="uq_consignments_live_reference"),
     Index("ix_consignments_status_crossing_to", "status", "crossing_to"),
     Index("ix_consignments_filer_id_lodged_at", "filer_id", "lodged_at"),
+    Index("ix_consignments_filer_id_status", "filer_id", "status"),  # risk: has this filer crossed?
 )
 
 consignment_versions = Table(
@@ -147,7 +150,7 @@ audit_log = Table(
     "audit_log",
     metadata,
     Column("audit_id", BigId, primary_key=True, autoincrement=True),
-    Column("at", UtcDateTime, nullable=False),
+    Column("at", UtcDateTime, nullable=False, index=True),  # index: 0011_operations (retention, export)
     Column("actor", String(8)),  # a party id, or NULL for the gateway itself (expiry) and the CLI
     Column("channel", String(10), nullable=False),
     Column("action", String(40), nullable=False),
@@ -155,6 +158,7 @@ audit_log = Table(
     Column("entity_id", String(40), nullable=False),
     Column("before", Text),
     Column("after", Text),
+    Column("request_id", String(64)),  # 0011_operations: the X-Request-ID of the change
     Index("ix_audit_log_entity_entity_id", "entity", "entity_id"),
 )
 
@@ -313,6 +317,20 @@ sftp_pull_status = Table(
     Column("last_error", Text),
     Column("consecutive_failures", Integer, nullable=False),
     Column("files_fetched", BigInteger, nullable=False),
+)
+
+# SFTP work claimed across gateway processes (migration 0010_sftp_claims): one row per mailbox
+# ("mailbox", PARTY) or polled partner ("pull:NAME", PARTY) that a process is working on. The claimant
+# renews ``lease_until`` while it works; a claim whose lease has run out (its process died) is taken over.
+sftp_claims = Table(
+    "sftp_claims",
+    metadata,
+    Column("source", String(110), primary_key=True),
+    Column("party_id", String(8), primary_key=True),
+    Column("owner", String(200), nullable=False),  # host, pid and a token of the claiming process
+    Column("file_name", String(255)),  # the file at work, for status
+    Column("claimed_at", UtcDateTime, nullable=False),
+    Column("lease_until", UtcDateTime, nullable=False),
 )
 
 # Risk and clearance (migration 0006_risk_clearance) --------------------------------------------------
@@ -494,6 +512,8 @@ portal_sessions = Table(
     Column("party_id", String(8), ForeignKey("parties.party_id"), nullable=False, index=True),
     Column("created_at", UtcDateTime, nullable=False),
     Column("expires_at", UtcDateTime, nullable=False),
+    # 0011_operations: the API key that opened the session (NULL: a password); revoking it ends it
+    Column("key_id", BigInteger, index=True),
 )
 
 # A password a party sets for the portal (scrypt with a random salt), as an alternative to its API key.
@@ -526,4 +546,68 @@ registration_applications = Table(
     Column("party_id", String(8)),
     Column("reason", String(350)),
     Index("ix_registration_applications_status_submitted_at", "status", "submitted_at"),
+)
+
+# Contingency crossings (migration 0012_workers; helper G1) -------------------------------------------
+# A crossing an officer cleared by hand while the control point was in contingency, recorded afterwards
+# (``POST /api/v1/crossings``). The consignments' own crossing (status CROSSED, the CROSSED events) is
+# written exactly as the kiosk path writes it; this row keeps who recorded it, when, and the notes.
+crossings = Table(
+    "crossings",
+    metadata,
+    Column("crossing_id", BigId, primary_key=True, autoincrement=True),
+    Column("control_point", String(5), nullable=False),
+    Column("lane", String(10)),
+    Column("vehicle", String(8), nullable=False),
+    Column("bundle_id", String(12)),
+    Column("ccrns", Text, nullable=False),  # JSON list, sorted
+    Column("crossed_at", UtcDateTime, nullable=False),
+    Column("recorded_at", UtcDateTime, nullable=False),
+    Column("recorded_by", String(8)),
+    Column("notes", Text),
+    Index("ix_crossings_vehicle_crossed_at", "vehicle", "crossed_at"),
+    Index("ix_crossings_control_point_crossed_at", "control_point", "crossed_at"),
+)
+
+# Declarations (migration 0009_declarations) ----------------------------------------------------------
+# A filer lets another party (its declaration agent) read a consignment's prefilled declaration and
+# lodge declarations against it.
+declaration_grants = Table(
+    "declaration_grants",
+    metadata,
+    Column("ccrn", String(12), ForeignKey("consignments.ccrn"), primary_key=True),
+    Column("party_id", String(8), ForeignKey("parties.party_id"), primary_key=True),
+    Column("granted_by", String(8), nullable=False),
+    Column("granted_at", UtcDateTime, nullable=False),
+    Index("ix_declaration_grants_party_id", "party_id"),
+)
+
+# The write-off ledger: per goods item of the crossed record, what it holds and what has been declared
+# so far. Made at the first declaration; every declaration locks its rows (FOR UPDATE) before writing
+# off, so concurrent declarations never declare more than the record holds. Masses are in grams.
+declaration_ledger = Table(
+    "declaration_ledger",
+    metadata,
+    Column("ccrn", String(12), ForeignKey("consignments.ccrn"), primary_key=True),
+    Column("item", Integer, primary_key=True, autoincrement=False),  # 1-based goods item number
+    Column("packages", BigInteger, nullable=False),
+    Column("packages_declared", BigInteger, nullable=False),
+    Column("mass_g", BigInteger),  # NULL: the record gives no gross mass for the item
+    Column("mass_declared_g", BigInteger, nullable=False),
+)
+
+# One row per lodged declaration; ``document`` is the completed declaration as canonical JSON.
+declarations = Table(
+    "declarations",
+    metadata,
+    Column("declaration_number", String(16), primary_key=True),
+    Column("ccrn", String(12), ForeignKey("consignments.ccrn"), nullable=False, index=True),
+    Column("kind", String(6), nullable=False),  # IMPORT, EXPORT
+    Column("declarant_id", String(8), ForeignKey("parties.party_id"), nullable=False, index=True),
+    Column("channel", String(10), nullable=False),
+    Column("lodged_at", UtcDateTime, nullable=False),
+    Column("packages", BigInteger, nullable=False),
+    Column("mass_g", BigInteger, nullable=False),
+    Column("document", Text, nullable=False),
+    Column("raw_message_id", BigId, ForeignKey("raw_messages.message_id")),
 )

@@ -36,7 +36,7 @@ fi
 
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 spec="."
-[ "$extras" = "test" ] && spec=".[test]"
+[ "$extras" = "test" ] && spec=".[test,bench]"
 stamp=".venv/.installed-$(cat pyproject.toml | sha256sum | cut -c1-16)-${extras:-run}"
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
