@@ -133,8 +133,10 @@ class _Body:
 
 
 BULK_BYTES = 1_000_000
-# From this size a file is read by a second process (measured: bench/RESULTS.md); 0 = never.
-READER_PROCESS_BYTES = int(os.environ.get("ROADCARGO_EDIFACT_READER_BYTES", 4_000_000)) or 1 << 62
+# From this size a file is read by a second process; 0 or unset = never. Off by default: measured on
+# an idle 2-core machine (bench/RESULTS.md), handing mapped consignments over a pipe costs the reader
+# about as much as the reading itself, and the in-process ingest was the faster of the two.
+READER_PROCESS_BYTES = int(os.environ.get("ROADCARGO_EDIFACT_READER_BYTES") or 0) or 1 << 62
 
 
 @contextmanager

@@ -1,6 +1,7 @@
 """EDIFACT ingest benchmark (issue 3, "Scale and speed"): one command.
 
-    .venv/bin/python bench/edifact_ingest.py [--consignments 10000] [--pg URL | --no-pg] [--in-process]
+    .venv/bin/python bench/edifact_ingest.py [--consignments 10000] [--pg URL | --no-pg]
+        [--reader-process BYTES]
 
 Generates a realistic CUSCAR load of N consignments (1 to 20 goods items each, release characters, long
 names split over components, custom UNA separators with a decimal comma; a fifth of it as a UNOY syntax 4
@@ -294,11 +295,15 @@ def main() -> int:
     parser.add_argument("--no-pydifact", action="store_true", help="skip the pydifact timing (memory runs)")
     parser.add_argument("--max-items", type=int, default=20, help="goods items per consignment: 1 to this")
     parser.add_argument(
-        "--in-process", action="store_true", help="read in the ingest process (no second reader process)"
+        "--reader-process",
+        type=int,
+        metavar="BYTES",
+        default=0,
+        help="read files of BYTES or more in a second process (default: in the ingest process)",
     )
     args = parser.parse_args()
-    if args.in_process:
-        os.environ["ROADCARGO_EDIFACT_READER_BYTES"] = "0"  # inherited by the spawned ingest process
+    # inherited by the spawned ingest process
+    os.environ["ROADCARGO_EDIFACT_READER_BYTES"] = str(args.reader_process)
 
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
