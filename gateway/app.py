@@ -175,8 +175,8 @@ def create_app(gw: Gateway) -> FastAPI:
     app.include_router(ivr.router)
     app.include_router(sftp_http.router)
     app.include_router(portal.router)
-    app.include_router(http_crossings.router)  # contingency crossings (helper G1)
-    app.include_router(http_declarations.router)  # declaration reuse (helper E)
+    app.include_router(http_crossings.router)  # contingency crossings
+    app.include_router(http_declarations.router)  # declaration reuse
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(_request: Request, exc: GatewayError) -> JSONResponse:
@@ -272,7 +272,7 @@ def create_app(gw: Gateway) -> FastAPI:
     app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(BodyLimit, limit=gw.config.server.max_body_bytes)
     app.add_middleware(Measure, metrics=metrics)
-    # -- operations (helper F): metrics of the ingest channels, login limits, request ids and access log
+    # -- operations: metrics of the ingest channels, login limits, request ids and access log
     operations_metrics.install(metrics.registry, gw)
     app.add_middleware(ratelimit.LoginLimit, limits=gw.config.limits)
     app.add_middleware(logs.RequestContext, observe=operations_metrics.observe_http)

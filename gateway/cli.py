@@ -67,7 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     @asynccontextmanager
     async def lifespan(_app: Any) -> Any:
-        # -- background work (helper G1): in this process unless --no-background; else `roadcargo worker`
+        # -- background work: in this process unless --no-background; else `roadcargo worker`
         background = None if args.no_background else Background(gw, immigration)
         if background is not None:
             background.start()  # its advance-notice job loads the Immigration WSDL first
@@ -139,7 +139,7 @@ def _immigration_client(gw: Gateway) -> ImmigrationClient:
     return ImmigrationClient(gw.config.immigration.url, gw.config.immigration.timeout_ms)
 
 
-# -- roadcargo worker (helper G1) -----------------------------------------------------------------------
+# -- roadcargo worker -----------------------------------------------------------------------
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -414,7 +414,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-# -- operations (helper F): logs, audit export ---------------------------------------------------------
+# -- operations: logs, audit export ---------------------------------------------------------
 
 
 def _setup_logs(args: argparse.Namespace) -> None:
@@ -474,7 +474,7 @@ def _operations_parsers(sub: Any, common: argparse.ArgumentParser, *servers: arg
     sweep.set_defaults(func=cmd_retention_sweep)
 
 
-# -- declarations (helper E) --------------------------------------------------------------------------
+# -- declarations --------------------------------------------------------------------------
 
 
 def _crossed_since(text: str) -> Any:
@@ -571,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.set_defaults(func=cmd_serve)
-    # -- helper G1: API-only serve processes, and the worker that does their background work
+    # -- API-only serve processes, and the worker that does their background work
     serve.add_argument(
         "--no-background",
         action="store_true",
@@ -586,7 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-sftp", action="store_true", help="leave SFTP processing and polling to other processes"
     )
     worker.set_defaults(func=cmd_worker)
-    _operations_parsers(sub, common, serve, worker)  # helper F: --log-format, audit export, retention
+    _operations_parsers(sub, common, serve, worker)  # --log-format, audit export, retention
 
     dbp = sub.add_parser("db", help="database maintenance").add_subparsers(dest="db_command", required=True)
     dbp.add_parser("upgrade", parents=[common], help="create or migrate the schema").set_defaults(
@@ -674,7 +674,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--watchlist", metavar="FILE", help="travel document numbers to refuse, one a line")
     sim.add_argument("--delay-ms", type=int, default=0, help="delay every answer by this many ms")
     sim.set_defaults(func=cmd_simulate_immigration)
-    _declarations_parsers(sub, common)  # helper E: roadcargo declarations export
+    _declarations_parsers(sub, common)  # roadcargo declarations export
     return parser
 
 

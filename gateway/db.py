@@ -33,7 +33,7 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, **_server_engine_options(parsed.query))
 
 
-# -- engine options of a database server (helper G1) ---------------------------------------------------
+# -- engine options of a database server ---------------------------------------------------
 # After PostgreSQL restarts, fails over or has its backends terminated, the gateway recovers by itself:
 # every connection is pinged as it leaves the pool (a dead one is replaced, the request never sees it),
 # and the first disconnect seen on a connection in use invalidates the whole pool, so the others are

@@ -308,7 +308,7 @@ def authenticate_key(gw: Gateway, api_key: str, channel: str) -> tuple[Actor, in
     return Actor(row.party_id, row.role, channel, row.status), int(row.key_id)
 
 
-# -- verified keys, cached briefly (helper D, for speed) -------------------------------------------------
+# -- verified keys, cached briefly (for speed) -------------------------------------------------
 # A key checked against the database is trusted for KEY_CACHE_SECONDS in this process, so a client making
 # many requests costs one look-up a second, not one a request. Revoking a key or suspending or reinstating
 # a party clears this process's cache at once; another gateway process notices within KEY_CACHE_SECONDS.

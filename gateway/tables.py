@@ -548,7 +548,7 @@ registration_applications = Table(
     Index("ix_registration_applications_status_submitted_at", "status", "submitted_at"),
 )
 
-# Contingency crossings (migration 0012_workers; helper G1) -------------------------------------------
+# Contingency crossings (migration 0012_workers) -------------------------------------------
 # A crossing an officer cleared by hand while the control point was in contingency, recorded afterwards
 # (``POST /api/v1/crossings``). The consignments' own crossing (status CROSSED, the CROSSED events) is
 # written exactly as the kiosk path writes it; this row keeps who recorded it, when, and the notes.

@@ -283,7 +283,7 @@ async def upload(request: Request) -> Response:
     return await serve(request, work, roles=FILER_ROLES)
 
 
-# -- the prefilled trade declaration (helper E) ---------------------------------------------------------
+# -- the prefilled trade declaration ---------------------------------------------------------
 
 
 @router.get("/consignments/{ccrn}/declaration", include_in_schema=False)
