@@ -31,7 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.harness import (  # noqa: E402
+    CONTROL_POINTS,
     RawClient,
+    bench_record,
     children,
     connect_all,
     cpu_seconds,
@@ -44,37 +46,12 @@ from bench.harness import (  # noqa: E402
     start_gateways,
     stop,
     storages,
+    vehicle_number,
     wait_until_up,
 )
 from gateway import consignments, db, parties  # noqa: E402
 from gateway.clock import HONG_KONG, Clock  # noqa: E402
 from gateway.context import SYSTEM, Gateway  # noqa: E402
-
-CONTROL_POINTS = ["LMC", "MKT", "STK", "SBC", "HYW", "HZM"]
-LETTERS = "ABCDEFGHJKLMNPRSTUVWXYZ"
-
-
-def _record(ref: str, cp: str, day: str) -> dict[str, object]:
-    return {
-        "direction": "IMPORT",
-        "submitter_reference": ref,
-        "consignor": {
-            "name": "Shenzhen Bright Toys Co Ltd",
-            "address": "18 Industrial Avenue",
-            "country": "CN",
-        },
-        "consignee": {"name": "Harbour Traders Ltd", "address": "2 Harbour Road", "country": "HK"},
-        "expected_crossing": day,
-        "control_point": cp,
-        "items": [
-            {
-                "package_count": 40,
-                "package_type": "CT",
-                "package_description": "cartons",
-                "description": "plastic toy building blocks",
-            }
-        ],
-    }
 
 
 def _prepare(
@@ -96,7 +73,7 @@ def _prepare(
         for _ in range(rng.randint(1, 3)):
             pending.append((cp, b))
     subs = [
-        consignments.Submission("lodge", _record(f"BENCH-{i}", cp, today))
+        consignments.Submission("lodge", bench_record(f"BENCH-{i}", cp, today))
         for i, (cp, _b) in enumerate(pending)
     ]
     ccrns: dict[int, list[str]] = {}
@@ -106,7 +83,7 @@ def _prepare(
             assert isinstance(result, consignments.Outcome), result
             ccrns.setdefault(b, []).append(result.view["ccrn"])
     for b in range(bundles):
-        vehicle = f"{LETTERS[b // 9999 % 23]}{LETTERS[b // 9999 // 23 % 23]}{b % 9999 + 1}"
+        vehicle = vehicle_number(b)
         plan[b % clients].append((CONTROL_POINTS[b % len(CONTROL_POINTS)], vehicle, ccrns[b]))
     engine.dispose()
     return keys, plan

@@ -253,3 +253,37 @@ def children(pid: int) -> list[int]:
 
 def load() -> str:
     return "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+CONTROL_POINTS = ["LMC", "MKT", "STK", "SBC", "HYW", "HZM"]
+LETTERS = "ABCDEFGHJKLMNPRSTUVWXYZ"  # the letters of Hong Kong registrations (no I, O, Q)
+
+
+def vehicle_number(n: int) -> str:
+    """The n-th of a run's distinct vehicle registration numbers (two letters, up to four digits)."""
+    return f"{LETTERS[n // 9999 % 23]}{LETTERS[n // 9999 // 23 % 23]}{n % 9999 + 1}"
+
+
+def bench_record(ref: str, cp: str, day: str, hs_code: str | None = None) -> dict[str, object]:
+    """A small valid import consignment, the benches' unit of work."""
+    item: dict[str, object] = {
+        "package_count": 40,
+        "package_type": "CT",
+        "package_description": "cartons",
+        "description": "plastic toy building blocks",
+    }
+    if hs_code is not None:
+        item["hs_code"] = hs_code
+    return {
+        "direction": "IMPORT",
+        "submitter_reference": ref,
+        "consignor": {
+            "name": "Shenzhen Bright Toys Co Ltd",
+            "address": "18 Industrial Avenue",
+            "country": "CN",
+        },
+        "consignee": {"name": "Harbour Traders Ltd", "address": "2 Harbour Road", "country": "HK"},
+        "expected_crossing": day,
+        "control_point": cp,
+        "items": [item],
+    }

@@ -32,7 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.harness import (  # noqa: E402
+    CONTROL_POINTS,
     RawClient,
+    bench_record,
     children,
     connect_all,
     cpu_seconds,
@@ -45,6 +47,7 @@ from bench.harness import (  # noqa: E402
     start_gateways,
     stop,
     storages,
+    vehicle_number,
     wait_until_up,
 )
 from gateway import bundles, consignments, db, parties  # noqa: E402
@@ -52,33 +55,7 @@ from gateway.clock import HONG_KONG, Clock  # noqa: E402
 from gateway.config import load_config  # noqa: E402
 from gateway.context import SYSTEM, Gateway  # noqa: E402
 
-CONTROL_POINTS = ["LMC", "MKT", "STK", "SBC", "HYW", "HZM"]
-LETTERS = "ABCDEFGHJKLMNPRSTUVWXYZ"
 Work = list[tuple[str, str]]  # per kiosk: (vehicle, driver document)
-
-
-def _record(ref: str, cp: str, day: str) -> dict[str, object]:
-    return {
-        "direction": "IMPORT",
-        "submitter_reference": ref,
-        "consignor": {
-            "name": "Shenzhen Bright Toys Co Ltd",
-            "address": "18 Industrial Avenue",
-            "country": "CN",
-        },
-        "consignee": {"name": "Harbour Traders Ltd", "address": "2 Harbour Road", "country": "HK"},
-        "expected_crossing": day,
-        "control_point": cp,
-        "items": [
-            {
-                "package_count": 40,
-                "package_type": "CT",
-                "package_description": "cartons",
-                "description": "plastic toy building blocks",
-                "hs_code": "950300",
-            }
-        ],
-    }
 
 
 def _config(path: Path, data_dir: Path, immigration_port: int) -> None:
@@ -116,7 +93,8 @@ def _prepare(url: str, config: Path, decisions: int, kiosks: int) -> tuple[list[
         cp = points[v % kiosks]
         pending += [(v, cp)] * rng.randint(1, 3)
     subs = [
-        consignments.Submission("lodge", _record(f"K-{i}", cp, today)) for i, (_v, cp) in enumerate(pending)
+        consignments.Submission("lodge", bench_record(f"K-{i}", cp, today, "950300"))
+        for i, (_v, cp) in enumerate(pending)
     ]
     ccrns: dict[int, list[str]] = collections.defaultdict(list)
     for start in range(0, len(subs), 500):
@@ -126,7 +104,7 @@ def _prepare(url: str, config: Path, decisions: int, kiosks: int) -> tuple[list[
             ccrns[v].append(result.view["ccrn"])
     plan: list[Work] = [[] for _ in range(kiosks)]
     for v in range(decisions):
-        vehicle = f"{LETTERS[v // 9999 % 23]}{LETTERS[v // 9999 // 23 % 23]}{v % 9999 + 1}"
+        vehicle = vehicle_number(v)
         bundles.bundle(gw, driver, vehicle, points[v % kiosks], ccrns[v])
         plan[v % kiosks].append((vehicle, f"K{v:07d}"))
     engine.dispose()
