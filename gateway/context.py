@@ -5,6 +5,7 @@ from __future__ import annotations
 import binascii
 import hashlib
 import json
+import os
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -141,7 +142,8 @@ def store_raw_stream(
     # A body of one chunk or less (nearly every request) is one plain INSERT: the blob and COPY
     # machinery below pays off only for big bodies, and on PostgreSQL its temporary table per
     # request costs catalogue writes.
-    streamed = not isinstance(body, bytes | bytearray | memoryview) or len(body) > RAW_CHUNK
+    small = _small_body(body)
+    streamed = small is None
     with gw.engine.begin() as conn:
         if streamed and dialect == "sqlite":
             # Hashed first (a pass over the file or the bytes, no copy): the row is written once with
@@ -198,7 +200,7 @@ def store_raw_stream(
             )
             message_id = result.scalar_one()
         else:
-            data = b"".join(chunks)  # one chunk, or a dialect without a streaming path
+            data = small if small is not None else b"".join(chunks)  # a dialect without streaming
             digest.update(data)
             size = len(data)
             result = conn.execute(
@@ -207,6 +209,20 @@ def store_raw_stream(
             (message_id,) = result.inserted_primary_key or (None,)
             assert message_id is not None
     return StoredRaw(int(message_id), digest.hexdigest(), size)
+
+
+def _small_body(body: bytes | BinaryIO) -> bytes | None:
+    """The whole body when it is one chunk or less (an HTTP request spooled to a file included), read
+    to its end; None for a bigger or unseekable one, which is streamed."""
+    if isinstance(body, bytes | bytearray | memoryview):
+        return bytes(body) if len(body) <= RAW_CHUNK else None
+    try:
+        start = body.tell()
+        size = body.seek(0, os.SEEK_END) - start
+        body.seek(start)
+    except (AttributeError, OSError, ValueError):
+        return None
+    return body.read() if size <= RAW_CHUNK else None
 
 
 def _raw_chunks(body: bytes | BinaryIO) -> Iterator[bytes | memoryview]:
