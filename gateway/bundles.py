@@ -321,7 +321,13 @@ def bundle(
                     raise GatewayError(problems)
                 now = gw.now()
                 earliest = _earliest(gw, rows, wanted, now)
-                slot_start, slot_end = slots.book(conn, control_point, cp, max(earliest, arrival or earliest))
+                target = max(earliest, arrival or earliest)
+                # The slot's row is locked from its booking to the commit, and every bundler of that
+                # slot queues on it: so it is booked last, after the bundle is written and profiled
+                # with the slot it will most likely get (the first that had room when read).
+                hint = slots.with_room(conn, control_point, cp, target)
+                booked_now = not hint
+                slot_start, slot_end = hint[0] if hint else slots.book(conn, control_point, cp, target)
                 values = {
                     "bundle_id": bundle_id,
                     "vehicle": vrn,
@@ -346,6 +352,20 @@ def bundle(
                 row = SimpleNamespace(**values)
                 audits = _attach(conn, gw, actor, row, rows, wanted, fresh=True)
                 risk.reprofile(conn, gw, wanted, "BUNDLE")
+                booked = (
+                    (slot_start, slot_end)
+                    if booked_now
+                    else slots.book(conn, control_point, cp, target, hint)
+                )
+                if booked != (slot_start, slot_end):  # that slot was full: a later one, profiled again
+                    values["slot_start"], values["slot_end"] = booked
+                    conn.execute(
+                        update(_B)
+                        .where(_B.c.bundle_id == bundle_id)
+                        .values(slot_start=booked[0], slot_end=booked[1])
+                    )
+                    row = SimpleNamespace(**values)
+                    risk.reprofile(conn, gw, wanted, "BUNDLE")
                 audits.append(
                     audit_values(gw, actor, "bundle.create", "bundle", bundle_id, None, _jsonable(values))
                 )

@@ -57,15 +57,30 @@ def candidate_slots(cp: ControlPointConfig, target: datetime) -> Iterator[tuple[
         start += length
 
 
-def book(conn: Connection, code: str, cp: ControlPointConfig, target: datetime) -> tuple[datetime, datetime]:
-    """Book the first slot with room at or after ``target``; raises SLOT_FULL when the day has none."""
+def with_room(
+    conn: Connection, code: str, cp: ControlPointConfig, target: datetime
+) -> list[tuple[datetime, datetime]]:
+    """The slots at or after ``target`` that had room when read (no lock taken: a hint for ``book``)."""
     candidates = list(candidate_slots(cp, target))
-    full: set[datetime] = set()
-    if candidates:  # one read skips the slots already full instead of one refused update each
-        bounds = {"cp": code, "first": candidates[0][0], "last": candidates[-1][0], "cap": cp.slot_capacity}
-        full = set(conn.scalars(_FULL, bounds))
-    for start, end in candidates:
-        if start not in full and _take(conn, code, start, cp.slot_capacity):
+    if not candidates:
+        return []
+    # one read skips the slots already full instead of one refused update each
+    bounds = {"cp": code, "first": candidates[0][0], "last": candidates[-1][0], "cap": cp.slot_capacity}
+    full = set(conn.scalars(_FULL, bounds))
+    return [(start, end) for start, end in candidates if start not in full]
+
+
+def book(
+    conn: Connection,
+    code: str,
+    cp: ControlPointConfig,
+    target: datetime,
+    room: list[tuple[datetime, datetime]] | None = None,
+) -> tuple[datetime, datetime]:
+    """Book the first slot with room at or after ``target`` (trying ``room``, from ``with_room``, when
+    the caller read it already); raises SLOT_FULL when the day has none."""
+    for start, end in with_room(conn, code, cp, target) if room is None else room:
+        if _take(conn, code, start, cp.slot_capacity):
             return start, end
     local = target.astimezone(HONG_KONG)
     raise GatewayError.one(
