@@ -169,14 +169,26 @@ def _address(identifier: str, qualifier: str | None) -> str | list[str]:
     return _qualified(identifier[:35], qualifier if qualifier and len(qualifier) <= 4 else None)
 
 
+# S009 as echoed in UCM: 0065 an..6, 0052 an..3, 0054 an..3, 0051 an..2, 0057 an..6
+_S009_LENGTHS = (6, 3, 3, 2, 6)
+_S009_EXPECTED = ("CUSCAR", "D", "96B", "UN")
+
+
 def _ucm(report: MessageReport) -> list[Segment]:
-    s009 = list(report.message_type)
+    # echoed within the lengths of UCM's elements: a damaged UNH must not make the CONTRL invalid
+    # and its four mandatory components present: one the damage removed is echoed as the message this
+    # gateway expects (CUSCAR:D:96B:UN), so that the rejection itself stays a valid CONTRL
+    given = [value[:size] for value, size in zip(report.message_type, _S009_LENGTHS, strict=False)]
+    given += [""] * (len(_S009_EXPECTED) - len(given))
+    s009 = [value or expected for value, expected in zip(given, _S009_EXPECTED, strict=False)]
+    s009 += [value for value in given[len(_S009_EXPECTED) :] if value]
+    reference = report.reference[:14]  # 0062 an..14
     if report.accepted:
-        return [Segment("UCM", report.reference, s009, ACKNOWLEDGED)]
+        return [Segment("UCM", reference, s009, ACKNOWLEDGED)]
     # Faults of the message's own envelope (UNH, UNT: counts, references) are the UCM's; the rest UCS/UCD.
     envelope = [f for f in report.faults if f.segment_position is None or f.segment_tag in ("UNH", "UNT")]
     inside = [f for f in report.faults if f not in envelope]
-    ucm: list[str | list[str]] = [report.reference, s009, REJECTED]
+    ucm: list[str | list[str]] = [reference, s009, REJECTED]
     if envelope:
         ucm += [str(envelope[0].code), envelope[0].segment_tag or ""]
     elif not inside:

@@ -408,6 +408,27 @@ def test_messages_in_functional_groups_are_acknowledged_per_group(gw, client, fi
     assert set(ccrns_of(replies)) == {"CMR-1"}
 
 
+def test_a_nul_byte_in_the_sender_is_a_sender_mismatch_not_a_crash(gw, filer):
+    """Found by the fuzz test below: PostgreSQL text cannot hold NUL, and the look-up failed."""
+    body = interchange([message("M1", [consignment(1, "F-1")])]).replace(b"FWDEDI01", b"F\x00WDEDI01", 1)
+    actor = dataclasses.replace(filer[0], channel="edifact")
+    with pytest.raises(GatewayError) as caught:
+        edifact_channel.ingest(gw, actor, body)
+    assert caught.value.problems[0].code == "SENDER_MISMATCH"
+
+
+def test_a_damaged_message_identifier_is_echoed_within_the_contrl_lengths(gw, filer):
+    """Found by the fuzz test below: a UNH whose agency (0051, an..2) and type (0065, an..6) came in too
+    long was echoed as it came, and the CONTRL rejecting it was itself invalid."""
+    body = interchange([message("M1", [consignment(1, "F-1")]), message("M2", [consignment(1, "F-2")])])
+    body = body.replace(b"UNH+M1+CUSCAR:D:96B:UN'", b"UNH+M1+CUSCARXX:D:96B:UNxs'", 1)
+    actor = dataclasses.replace(filer[0], channel="edifact")
+    result = edifact_channel.ingest(gw, actor, body)
+    assert structure.validate_interchange(result.contrl) == []
+    assert b"UCM+M1+CUSCAR:D:96B:UN+4" in result.contrl  # rejected, its identifier cut to length
+    assert b"UCM+M2+CUSCAR:D:96B:UN+7" in result.contrl  # the other message is acknowledged
+
+
 @settings(
     max_examples=60,
     deadline=None,
