@@ -13,6 +13,7 @@ import dataclasses
 import gc
 import logging
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -133,10 +134,31 @@ class _Body:
 
 
 BULK_BYTES = 1_000_000
-# From this size a file is read by a second process; 0 or unset = never. Off by default: measured on
-# an idle 2-core machine (bench/RESULTS.md), handing mapped consignments over a pipe costs the reader
-# about as much as the reading itself, and the in-process ingest was the faster of the two.
-READER_PROCESS_BYTES = int(os.environ.get("ROADCARGO_EDIFACT_READER_BYTES") or 0) or 1 << 62
+# From this size an interchange in a file (a file ingested, an HTTP body spooled to disk) is read by a
+# second process while this one stores (bench/RESULTS.md: "EDIFACT ingest"); below it starting that
+# process costs more than it saves. ROADCARGO_EDIFACT_READER_BYTES sets another size; 0 = never.
+_READER_DEFAULT = 2_000_000
+_reader_setting = os.environ.get("ROADCARGO_EDIFACT_READER_BYTES", "").strip()
+READER_PROCESS_BYTES = (int(_reader_setting) if _reader_setting else _READER_DEFAULT) or 1 << 62
+
+
+def _file_path(source: bytes | BinaryIO) -> str | None:
+    """A path the reader process can open the source's file by (with its own file position), or None
+    when the source is not a regular file: bytes, a pipe, a spooled body still in memory."""
+    if isinstance(source, bytes) or getattr(source, "_rolled", True) is False:
+        return None  # a SpooledTemporaryFile in memory: fileno() would write it out
+    try:
+        fd = source.fileno()
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+    except (AttributeError, OSError, ValueError):
+        return None
+    name = getattr(source, "name", None)
+    if isinstance(name, str) and os.path.isfile(name) and os.path.samestat(os.stat(name), os.fstat(fd)):
+        return name
+    # an unnamed temporary file (an HTTP body spooled to disk): opened again through /proc
+    proc = f"/proc/{os.getpid()}/fd/{fd}"
+    return proc if os.path.exists(proc) else None
 
 
 @contextmanager
@@ -459,17 +481,13 @@ class _Run:
         return self.finish(interchange_fault=fault, reject=fault is not None and not accepted)
 
     def _messages(self, source: bytes | BinaryIO, size: int) -> Iterator[reading.ReadMessage]:
-        """Read here, or by a second process when the interchange is a big file on disk (the second
-        CPU then tokenizes, checks and maps while this process submits)."""
+        """Read here, or by a second process when the interchange is big and in a file (the second
+        CPU then tokenizes, checks and maps while this process validates and stores)."""
         version = self.to.syntax_version
-        path = getattr(source, "name", None)
-        if (
-            size >= READER_PROCESS_BYTES
-            and isinstance(path, str)
-            and os.path.isfile(path)
-            and (os.cpu_count() or 1) > 1
-            and not isinstance(source, bytes)
-        ):
+        path = _file_path(source) if size >= READER_PROCESS_BYTES and (os.cpu_count() or 1) > 1 else None
+        if path is not None:
+            assert not isinstance(source, bytes)
+            source.flush()  # a spooled body's last writes may still be in its buffer
             return reading.read_in_process(path, source.tell(), version)
         return reading.read_messages(source, version)
 
@@ -477,7 +495,7 @@ class _Run:
         result = ConsignmentResult(consignment.reference)
         response.consignments.append(result)
         self.consignments += 1
-        if consignment.submission is None:
+        if consignment.submits is None:
             result.errors = [_error(consignment, p) for p in consignment.problems]
         else:
             self.pending.append(_Pending(consignment, result))
@@ -501,7 +519,7 @@ class _Run:
         if not self.pending:
             return
         batch, self.pending = self.pending, []
-        subs = [p.consignment.submission for p in batch if p.consignment.submission is not None]
+        subs = [s for s in (p.consignment.submission for p in batch) if s is not None]
         outcomes = consignments.submit(self.gw, self.actor, subs, self.raw_id)
         for pending, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, GatewayError):

@@ -237,6 +237,19 @@ def pydifact_parse(files: list[Path]) -> float:
     return time.perf_counter() - started
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak resident set size. Linux's ``ru_maxrss`` survives exec: a process spawned
+    by a parent holding the generated load would report the parent's size. ``VmHWM`` is this process's
+    own high-water mark."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _ingest_child(url: str, files: list[str], queue: Any) -> None:
     from adapters.edifact_channel import ingest
     from gateway import db, parties
@@ -259,8 +272,8 @@ def _ingest_child(url: str, files: list[str], queue: Any) -> None:
     elapsed = time.perf_counter() - started
     cpu = time.process_time() - cpu_started
     engine.dispose()
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    # the reader processes (files from 4 MB on are read by a second process): their peak and CPU
+    peak_mb = _peak_rss_mb()
+    # the reader processes (big files are read by a second process): their peak and CPU
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     queue.put(
         (
@@ -298,12 +311,13 @@ def main() -> int:
         "--reader-process",
         type=int,
         metavar="BYTES",
-        default=0,
-        help="read files of BYTES or more in a second process (default: in the ingest process)",
+        default=None,
+        help="read files of BYTES or more in a second process; 0: never (default: the channel's own "
+        "threshold, adapters/edifact_channel.py READER_PROCESS_BYTES)",
     )
     args = parser.parse_args()
-    # inherited by the spawned ingest process
-    os.environ["ROADCARGO_EDIFACT_READER_BYTES"] = str(args.reader_process)
+    if args.reader_process is not None:  # inherited by the spawned ingest process
+        os.environ["ROADCARGO_EDIFACT_READER_BYTES"] = str(args.reader_process)
 
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url

@@ -55,12 +55,14 @@ no SGP travels in every SG5 container of the message (one truck, one container).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydifact.segments import Segment
 
-from gateway.consignments import Submission
 from gateway.errors import Problem
+
+if TYPE_CHECKING:  # imported when first needed: the reader process never needs it (nor the database)
+    from gateway.consignments import Submission
 
 ACTIONS = {"9": "lodge", "5": "amend", "1": "cancel"}
 _DIRECTION = {"23": "IMPORT", "22": "EXPORT"}
@@ -141,11 +143,22 @@ class Consignment:
     reference: str
     position: int  # of the CNI segment in its message (UNH is 1)
     action: str | None
-    submission: Submission | None = None
     problems: list[Problem] = field(default_factory=list)
     sources: dict[str, tuple[str, int]] = field(default_factory=dict)
     # per goods item: field -> (tag, position); "" is the item's GID
     item_sources: list[dict[str, tuple[str, int]]] = field(default_factory=list)
+    # what to submit: (action, record in its JSON shape, CCRN), None when it cannot be submitted
+    submits: tuple[str, Any, str | None] | None = None
+
+    @property
+    def submission(self) -> Submission | None:
+        """The action for ``gateway.consignments.submit``."""
+        if self.submits is None:
+            return None
+        from gateway.consignments import Submission
+
+        action, record, ccrn = self.submits
+        return Submission(action, record=record, ccrn=ccrn)
 
     def error_point(self, path: str | None) -> tuple[str, int]:
         """The segment a field came from (tag, position in message); the CNI when it is not known."""
@@ -327,32 +340,45 @@ class CuscarReader:
             self.group = "SG16"
 
     def _item_segment(self, c: _Draft, position: int, segment: Segment) -> None:
+        # The bulk of a big message: element() inlined (a component's text, '' when absent).
         tag = segment.tag
+        elements = segment.elements
+        first: Any = elements[0] if elements else ""
+        if first.__class__ is list:
+            qualifier = first[0] if first else ""
+        else:
+            qualifier = first
+            first = [first]
         item = c.items[-1]
         at = c.item_sources[-1]
-        if tag == "FTX" and element(segment, 0) == "AAA":
-            text = join_text(components(segment, 3), 70)
-            item["description"] = f"{item['description']} {text}" if item.get("description") else text
-            at["description"] = (tag, position)
-        elif tag == "MEA" and element(segment, 0) == "AAE" and element(segment, 1) == "G":
-            unit, value = element(segment, 2, 0), element(segment, 2, 1)
-            mass = _number(value, self.decimal_mark)
-            item["gross_mass_kg"] = mass * 1000 if unit == "TNE" and isinstance(mass, int | float) else mass
-            at["gross_mass_kg"] = (tag, position)
-        elif tag == "MOA" and element(segment, 0, 0) == "40":
-            item["value"] = {
-                "amount": _amount(element(segment, 0, 1), self.decimal_mark),
-                "currency": element(segment, 0, 2),
-            }
-            at["value"] = (tag, position)
+        if tag == "FTX":
+            if qualifier == "AAA":
+                text = join_text(components(segment, 3), 70)
+                item["description"] = f"{item['description']} {text}" if item.get("description") else text
+                at["description"] = (tag, position)
+        elif tag == "MEA":
+            if qualifier == "AAE" and element(segment, 1) == "G":
+                unit, value = element(segment, 2, 0), element(segment, 2, 1)
+                mass = _number(value, self.decimal_mark)
+                tonnes = unit == "TNE" and isinstance(mass, int | float)
+                item["gross_mass_kg"] = mass * 1000 if tonnes else mass
+                at["gross_mass_kg"] = (tag, position)
+        elif tag == "MOA":
+            if qualifier == "40":
+                item["value"] = {
+                    "amount": _amount(first[1] if len(first) > 1 else "", self.decimal_mark),
+                    "currency": first[2] if len(first) > 2 else "",
+                }
+                at["value"] = (tag, position)
         elif tag == "CST":
             item["hs_code"] = element(segment, 1, 0)
             at["hs_code"] = (tag, position)
-        elif tag == "PCI" and element(segment, 0) in ("24", ""):
-            item["marks"] = join_text(components(segment, 1), 35)
-            at["marks"] = (tag, position)
+        elif tag == "PCI":
+            if qualifier in ("24", ""):
+                item["marks"] = join_text(components(segment, 1), 35)
+                at["marks"] = (tag, position)
         elif tag == "SGP":
-            c.placed_in.add(element(segment, 0, 0))
+            c.placed_in.add(qualifier)
 
     # -- closing a consignment -------------------------------------------------------------------
 
@@ -472,9 +498,9 @@ class _Draft:
         if out.problems:
             return out
         if action == "cancel":
-            out.submission = Submission("cancel", ccrn=self.ccrn)
+            out.submits = ("cancel", None, self.ccrn)
             return out
-        out.submission = Submission(action, record=self._record(header), ccrn=self.ccrn)
+        out.submits = (action, self._record(header), self.ccrn)
         return out
 
     def _record(self, h: _Header) -> dict[str, Any]:

@@ -4,21 +4,25 @@ not called here, so the reading can run in a process of its own.
 
 ``read_messages`` reads in the calling process. ``read_in_process`` runs the same reading in a second
 process (the second CPU) for a file on disk, and hands the results over in small batches through a
-pipe: the reader blocks when it is a pipe's buffer ahead, so memory stays bounded. The
+pipe: the reader blocks when it is a few batches ahead, so memory stays bounded. The
 reader holds no database connection; everything is committed by the caller as before, so a crash of
 either process loses at most the batch in flight, and a rerun creates nothing twice.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import pickle
+import queue
 import struct
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from mappings.edifact import structure, syntax
 from mappings.edifact.cuscar import Consignment, CuscarReader
@@ -27,7 +31,8 @@ from mappings.edifact.replies import Fault, MessageReport, ResponseMessage
 DIRECTORIES = {("D", "96B"), ("D", "01B")}
 MESSAGE_VERSION_NOT_SUPPORTED = 3
 VALUE_NOT_SUPPORTED = 14
-BATCH_MESSAGES = 10  # messages per hand-over between the processes
+BATCH_MESSAGES = 4  # messages per hand-over between the processes
+FRAMES_AHEAD = 16  # hand-overs read off the pipe ahead of their use: a few MB at most
 
 
 @dataclass
@@ -103,12 +108,21 @@ def read_message(message: syntax.Message, decimal_mark: str, syntax_version: int
 # -- the reader process ------------------------------------------------------------------------------
 # A plain child interpreter (``python -c ... PATH START VERSION``, see ``_CHILD``), not
 # multiprocessing: it must not import the caller's main module again, whatever that is. It writes
-# length-prefixed pickles to its standard output; the pipe's buffer is the bound on how far ahead it
-# reads (it blocks when the caller has not taken the last frames yet).
+# length-prefixed pickles to its standard output; the pipe's buffer and ``FRAMES_AHEAD`` frames taken
+# off it are the bound on how far ahead it reads (it blocks when the caller has not taken them yet).
+#
+# What crosses the pipe is cheap to pickle and to unpickle: per message its report (a few small
+# objects), per consignment a flat tuple of strings, the record as mapped (plain dicts and lists) and
+# where its fields came from. Records are validated by the core in the caller, as usual: validating
+# them here instead would leave this process with most of the work (bench/edifact_ingest.py).
 
 _FRAME = struct.Struct("<I")
 # imported by name, not run as __main__: the pickles must name this module's classes
 _CHILD = "import sys; from mappings.edifact.reading import main; main(sys.argv[1:])"
+
+# Consignment's fields in order: (sequence, reference, position, action, problems, sources,
+# item_sources, submits)
+_Packed = tuple[Any, ...]
 
 
 def _send(out: BinaryIO, kind: str, payload: object) -> None:
@@ -117,14 +131,32 @@ def _send(out: BinaryIO, kind: str, payload: object) -> None:
     out.write(data)
 
 
+def _pack(c: Consignment) -> _Packed:
+    """A consignment as plain values for the pipe (``Consignment`` objects pickle slowly)."""
+    return (c.sequence, c.reference, c.position, c.action, c.problems, c.sources, c.item_sources, c.submits)
+
+
+def _unpack(packed: _Packed) -> Consignment:
+    return Consignment(*packed)
+
+
 def _reader(path: str, start: int, syntax_version: int, out: BinaryIO) -> None:
     """The reader process: batches of messages, then ("end", None) or ("fault", (code, tag))."""
-    batch: list[ReadMessage] = []
+    batch: list[tuple[MessageReport, tuple[str, str] | None, str, int, list[_Packed]]] = []
     try:
         with open(path, "rb") as source:
             source.seek(start)
             for read in read_messages(source, syntax_version):
-                batch.append(read)
+                response = read.response
+                batch.append(
+                    (
+                        read.report,
+                        response.directory if response is not None else None,
+                        response.doc_number if response is not None else "",
+                        read.offset,
+                        [_pack(c) for c in read.consignments],
+                    )
+                )
                 if len(batch) >= BATCH_MESSAGES:
                     _send(out, "messages", batch)
                     batch = []
@@ -150,18 +182,21 @@ def read_in_process(path: str, start: int, syntax_version: int) -> Iterator[Read
     )
     assert process.stdout is not None
     frames = process.stdout
+    # A thread takes whole frames off the pipe as they come, so that the reader goes on while this
+    # process is busy committing a batch (the pipe's own buffer holds less than one frame).
+    ahead: queue.Queue[bytes | None] = queue.Queue(maxsize=FRAMES_AHEAD)
+    taker = threading.Thread(target=_take_frames, args=(frames, ahead), daemon=True)
+    taker.start()
     try:
         while True:
-            head = frames.read(_FRAME.size)
-            if len(head) < _FRAME.size:
-                raise ReaderFailed(f"the reader process ended with exit code {process.wait()}")
-            (length,) = _FRAME.unpack(head)
-            data = frames.read(length)
-            if len(data) < length:
+            data = ahead.get()
+            if data is None:
                 raise ReaderFailed(f"the reader process ended with exit code {process.wait()}")
             kind, payload = pickle.loads(data)  # from our own child process only
             if kind == "messages":
-                yield from payload
+                for report, directory, doc_number, offset, packed in payload:
+                    response = ResponseMessage(doc_number, directory) if directory is not None else None
+                    yield ReadMessage(report, response, [_unpack(p) for p in packed], offset)
             elif kind == "end":
                 return
             elif kind == "fault":
@@ -173,8 +208,33 @@ def read_in_process(path: str, start: int, syntax_version: int) -> Iterator[Read
         if process.poll() is None:
             process.kill()
         process.wait()
+        while taker.is_alive():  # let it end: it may wait to put a frame nobody will take
+            with contextlib.suppress(queue.Empty):
+                ahead.get(timeout=0.1)
+        taker.join()
         frames.close()
 
 
+def _take_frames(frames: BinaryIO, ahead: queue.Queue[bytes | None]) -> None:
+    """Whole frames off the pipe into ``ahead``; None at the end of the pipe (or a frame cut short)."""
+    try:
+        while True:
+            head = frames.read(_FRAME.size)
+            if len(head) < _FRAME.size:
+                return
+            (length,) = _FRAME.unpack(head)
+            data = frames.read(length)
+            if len(data) < length:
+                return
+            ahead.put(data)
+    except (OSError, ValueError):
+        return
+    finally:
+        ahead.put(None)
+
+
 def main(argv: list[str]) -> None:
+    # millions of short-lived objects without cycles: collect less often (adapters/edifact_channel.py
+    # _bulk_allocation, for the same reason)
+    gc.set_threshold(50_000, 20, 100)
     _reader(argv[0], int(argv[1]), int(argv[2]), sys.stdout.buffer)

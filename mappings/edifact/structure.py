@@ -206,115 +206,102 @@ def _check_order(
     children: tuple[Node, ...],
     tags: Sequence[str],
     findings: list[Finding],
-    machine: _Machine | None = None,
 ) -> list[bool]:
-    """Walks the tags through the structure; returns which segments found their place. With a
-    ``machine``, every step that found nothing wrong is recorded in it (see ``conforms``)."""
+    """Walks the tags through the structure; returns which segments found their place."""
     stack = [_Frame(children, 0, 0, None)]
-    matched: list[bool] = []
+    matched = [_step(name, stack, position, tag, findings) for position, tag in enumerate(tags, start=1)]
+    _close_all(stack, len(tags), f"{tags[-1] if tags else 'the end'}, the last segment", findings)
+    return matched
 
-    def missing(frame: _Frame, start: int, stop: int, position: int, tag: str) -> None:
-        for node in frame.children[start:stop]:
-            if node.mandatory:
-                where = f"in segment group {frame.group.number}" if frame.group else "in the message"
-                findings.append(
-                    Finding(
-                        13,
-                        f"mandatory {_describe(node)} is missing {where} (noticed at {tag})",
-                        position,
-                        _trigger_tag(node),
-                    )
-                )
 
-    def close(frame: _Frame, position: int, tag: str) -> None:
-        # children after the current one, and the current one if it never occurred
-        start = frame.index + 1 if frame.count else frame.index
-        missing(frame, start, len(frame.children), position, tag)
-
-    previous: tuple[int, str, int] | None = None  # the step just made: state before, tag, findings
-    for position, tag in enumerate(tags, start=1):
-        if machine is not None:
-            _record(machine, previous, stack, findings)
-            previous = (machine.state(_key(stack)), tag, len(findings))
-        found_level = -1
-        found_index = -1
-        for level in range(len(stack) - 1, -1, -1):
-            frame = stack[level]
-            # a group's trigger opens a new occurrence at the level above, never repeats here
-            first = frame.index
-            if frame.group is not None and first == 0:
-                first = 1
-            for index in _positions(frame.children).get(tag, ()):
-                if index >= first:
-                    found_level, found_index = level, index
-                    break
-            if found_level >= 0:
-                break
-        if found_level < 0:
-            matched.append(False)
+def _missing(frame: _Frame, start: int, stop: int, position: int, tag: str, findings: list[Finding]) -> None:
+    for node in frame.children[start:stop]:
+        if node.mandatory:
+            where = f"in segment group {frame.group.number}" if frame.group else "in the message"
             findings.append(
                 Finding(
-                    15,
-                    f"segment {tag} is not allowed here by the {name} structure "
-                    "(wrong order, wrong group, or unknown in this message)",
+                    13,
+                    f"mandatory {_describe(node)} is missing {where} (noticed at {tag})",
+                    position,
+                    _trigger_tag(node),
+                )
+            )
+
+
+def _close(frame: _Frame, position: int, tag: str, findings: list[Finding]) -> None:
+    # children after the current one, and the current one if it never occurred
+    start = frame.index + 1 if frame.count else frame.index
+    _missing(frame, start, len(frame.children), position, tag, findings)
+
+
+def _close_all(stack: list[_Frame], position: int, tag: str, findings: list[Finding]) -> None:
+    while stack:
+        _close(stack.pop(), position, tag, findings)
+
+
+def _step(name: str, stack: list[_Frame], position: int, tag: str, findings: list[Finding]) -> bool:
+    """One segment of the walk: moves ``stack`` on, adds what is wrong; False when the tag has no place."""
+    found_level = -1
+    found_index = -1
+    for level in range(len(stack) - 1, -1, -1):
+        frame = stack[level]
+        # a group's trigger opens a new occurrence at the level above, never repeats here
+        first = frame.index
+        if frame.group is not None and first == 0:
+            first = 1
+        for index in _positions(frame.children).get(tag, ()):
+            if index >= first:
+                found_level, found_index = level, index
+                break
+        if found_level >= 0:
+            break
+    if found_level < 0:
+        findings.append(
+            Finding(
+                15,
+                f"segment {tag} is not allowed here by the {name} structure "
+                "(wrong order, wrong group, or unknown in this message)",
+                position,
+                tag,
+            )
+        )
+        return False
+    while len(stack) - 1 > found_level:
+        _close(stack.pop(), position, tag, findings)
+    frame = stack[-1]
+    if found_index == frame.index:
+        frame.count += 1
+    else:
+        _missing(frame, frame.index + 1 if frame.count else frame.index, found_index, position, tag, findings)
+        frame.index, frame.count = found_index, 1
+    node = frame.children[found_index]
+    if frame.count > node.max_repeats:
+        if isinstance(node, GroupNode):
+            findings.append(
+                Finding(
+                    36,
+                    f"segment group {node.number} occurs {frame.count} times, at most {node.max_repeats}",
                     position,
                     tag,
                 )
             )
-            continue
-        matched.append(True)
-        while len(stack) - 1 > found_level:
-            close(stack.pop(), position, tag)
-        frame = stack[-1]
-        if found_index == frame.index:
-            frame.count += 1
         else:
-            missing(frame, frame.index + 1 if frame.count else frame.index, found_index, position, tag)
-            frame.index, frame.count = found_index, 1
-        node = frame.children[found_index]
-        if frame.count > node.max_repeats:
-            if isinstance(node, GroupNode):
-                findings.append(
-                    Finding(
-                        36,
-                        f"segment group {node.number} occurs {frame.count} times, at most {node.max_repeats}",
-                        position,
-                        tag,
-                    )
+            findings.append(
+                Finding(
+                    35,
+                    f"segment {tag} occurs {frame.count} times here, at most {node.max_repeats}",
+                    position,
+                    tag,
                 )
-            else:
-                findings.append(
-                    Finding(
-                        35,
-                        f"segment {tag} occurs {frame.count} times here, at most {node.max_repeats}",
-                        position,
-                        tag,
-                    )
-                )
-        if isinstance(node, GroupNode):
-            stack.append(_Frame(node.children, 0, 1, node))
-    end = len(tags)
-    last = tags[-1] if tags else "the end"
-    if machine is not None:
-        _record(machine, previous, stack, findings)
-        final, before = machine.state(_key(stack)), len(findings)
-    while stack:
-        close(stack.pop(), end, f"{last}, the last segment")
-    if machine is not None and len(findings) == before:
-        machine.clean_ends.add(final)
-    return matched
+            )
+    if isinstance(node, GroupNode):
+        stack.append(_Frame(node.children, 0, 1, node))
+    return True
 
 
 def _key(stack: list[_Frame]) -> tuple[tuple[int, int], ...]:
     """Where the walker stands: at each open level, which child and how often it occurred."""
     return tuple((frame.index, frame.count) for frame in stack)
-
-
-def _record(
-    machine: _Machine, previous: tuple[int, str, int] | None, stack: list[_Frame], findings: list[Finding]
-) -> None:
-    if previous is not None and len(findings) == previous[2]:
-        machine.moves[previous[0]][previous[1]] = machine.state(_key(stack))
 
 
 def check_segment(
@@ -588,40 +575,70 @@ __all__ = ["check_segment", "summarize", "validate_interchange", "validate_messa
 # --- the fast path ---------------------------------------------------------------------------------
 # ``validate_message`` names every fault; most messages have none. ``conforms`` answers only "nothing to
 # report" (True) or "look closer" (False), from two things compiled once per message type: the structure
-# as a table of transitions between the walker's states, learnt from the walks ``_check_order`` makes
-# (a message of a new shape walks once, then every message sharing its steps is a dict lookup per
-# segment), and each segment's element checks as one generated Python function. Tags are keys of
-# small dicts (a few dozen strings), so nothing of a message is kept.
+# as a table of transitions between the walker's states, learnt one step at a time by the walker of
+# ``_check_order`` (a step not seen before is walked once, from the state the known steps led to; every
+# later message taking it is a dict lookup per segment), and each segment's element checks as one
+# generated Python function. Tags are keys of small dicts (a few dozen strings), so nothing of a message
+# is kept.
 
 _MAX_STATES = 200_000  # a bound on the transition table; it is rebuilt from scratch beyond it
 
 
 class _Machine:
-    """The walker's states for one message type, numbered, with the clean transitions seen so far."""
+    """The walker's states for one message type, numbered, with the clean transitions seen so far.
+
+    A state is the walker's stack as ``_key`` gives it: the stack can be rebuilt from it (each open
+    group is the child its parent level stands at), so a step not seen before is walked from the
+    state where the known steps ended, one step at a time, and recorded when it found nothing wrong.
+    """
 
     def __init__(self, children: tuple[Node, ...]) -> None:
         self.children = children
-        self.ids: dict[tuple[tuple[int, int], ...], int] = {((0, 0),): 0}
+        self.keys: list[tuple[tuple[int, int], ...]] = [((0, 0),)]
+        self.ids: dict[tuple[tuple[int, int], ...], int] = {self.keys[0]: 0}
         self.moves: list[dict[str, int]] = [{}]
-        self.clean_ends: set[int] = set()
+        self.ends: dict[int, bool] = {}  # state -> the message may end there without a finding
 
     def state(self, key: tuple[tuple[int, int], ...]) -> int:
         number = self.ids.get(key)
         if number is None:
             number = len(self.moves)
             self.ids[key] = number
+            self.keys.append(key)
             self.moves.append({})
         return number
 
-    def learn(self, tags: Sequence[str]) -> None:
-        """Walks ``tags`` once, recording every step (and the end) that found nothing wrong."""
-        if len(self.moves) > _MAX_STATES:
-            self.__init__(self.children)  # type: ignore[misc]
-        _check_order("", self.children, tags, [], self)
+    def _stack(self, state: int) -> list[_Frame]:
+        key = self.keys[state]
+        stack = [_Frame(self.children, key[0][0], key[0][1], None)]
+        for index, count in key[1:]:
+            parent = stack[-1]
+            group = parent.children[parent.index]
+            assert isinstance(group, GroupNode)
+            stack.append(_Frame(group.children, index, count, group))
+        return stack
+
+    def step(self, state: int, tag: str) -> int:
+        """The state after ``tag``, learnt by walking it; -1 when the step finds anything wrong."""
+        stack = self._stack(state)
+        findings: list[Finding] = []
+        if not _step("", stack, 1, tag, findings) or findings:
+            return -1
+        after = self.state(_key(stack))
+        self.moves[state][tag] = after
+        return after
+
+    def clean_end(self, state: int) -> bool:
+        clean = self.ends.get(state)
+        if clean is None:
+            findings: list[Finding] = []
+            _close_all(self._stack(state), 1, "the end", findings)
+            clean = self.ends[state] = not findings
+        return clean
 
 
 _MACHINES: dict[tuple[str, int], _Machine] = {}
-_CHECKS: dict[tuple[str, int], Callable[[list[Element]], bool] | None] = {}
+_CHECKS: dict[int, dict[str, Callable[[list[Element]], bool] | None]] = {}  # by syntax version
 
 
 def conforms(segments: Sequence[PositionedSegment], message_type: str, syntax_version: int = 3) -> bool:
@@ -629,41 +646,41 @@ def conforms(segments: Sequence[PositionedSegment], message_type: str, syntax_ve
     (D.96B, no code checks); False means only that the full check must run."""
     key = (message_type, syntax_version)
     machine = _MACHINES.get(key)
-    if machine is None:
+    if machine is None or len(machine.moves) > _MAX_STATES:
         try:
             structure = d96b().message(message_type, syntax_version)
         except KeyError:
             return False
         machine = _MACHINES[key] = _Machine(structure.children)
     moves = machine.moves
+    checks = _CHECKS.setdefault(syntax_version, {})
     state = 0
-    for attempt in (1, 2):
-        state = 0
-        for positioned in segments:
-            state = moves[state].get(positioned.segment.tag, -1)
-            if state < 0:
-                break
-        else:
-            if state in machine.clean_ends:
-                break
-        if attempt == 2:
-            return False
-        machine.learn([positioned.segment.tag for positioned in segments])
-        moves = machine.moves
     for positioned in segments:
         segment = positioned.segment
+        tag = segment.tag
+        after = moves[state].get(tag, -1)
+        if after < 0:
+            after = machine.step(state, tag)
+            if after < 0:
+                return False
+        state = after
         if positioned.repetitions:
             return False
-        check = _segment_check(segment.tag, syntax_version)
-        if check is None or not check(segment.elements):
+        check = checks.get(tag, _UNKNOWN)
+        if check is _UNKNOWN:
+            check = _segment_check(tag, syntax_version)
+        if check is None or not check(segment.elements):  # type: ignore[operator]
             return False
-    return True
+    return machine.clean_end(state)
+
+
+_UNKNOWN = object()
 
 
 def _segment_check(tag: str, syntax_version: int) -> Callable[[list[Element]], bool] | None:
-    key = (tag, syntax_version)
+    checks = _CHECKS.setdefault(syntax_version, {})
     try:
-        return _CHECKS[key]
+        return checks[tag]
     except KeyError:
         pass
     try:
@@ -672,8 +689,8 @@ def _segment_check(tag: str, syntax_version: int) -> Callable[[list[Element]], b
         check = None
     else:
         check = _compile_check(spec)
-    if len(_CHECKS) < 10_000:  # tags that find their place in a structure: a few dozen
-        _CHECKS[key] = check
+    if len(checks) < 10_000:  # tags that find their place in a structure: a few dozen
+        checks[tag] = check
     return check
 
 
@@ -696,7 +713,9 @@ def _compile_check(spec: SegmentSpec) -> Callable[[list[Element]], bool]:
     lines = ["def check(e):", "    n = len(e)", f"    if n > {len(spec.elements)}: return False"]
     for index, element in enumerate(spec.elements):
         lines.append(f"    v = e[{index}] if n > {index} else ''")
-        lines.append("    if v:")
+        # a composite whose components are all empty is missing, as check_segment has it
+        present = "v and (v.__class__ is str or any(v))" if element.components else "v"
+        lines.append(f"    if {present}:")
         if not element.components:
             assert element.representation is not None
             lines.append("        if v.__class__ is not str: return False")
