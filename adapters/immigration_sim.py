@@ -19,6 +19,7 @@ deliveries received, so tests and demos can check that every notice arrived exac
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 from datetime import UTC, datetime
@@ -26,9 +27,8 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
 from lxml import etree
 
 from adapters import soap, xml_channel
@@ -172,13 +172,19 @@ def _text(element: etree._Element, name: str) -> str:
     return (element.findtext(q(name)) or "").strip()
 
 
+@cache
+def _clearance_reply(answer: str) -> bytes:
+    """The envelope of one of the three answers, built once each."""
+    response = etree.Element(q("ClearDriverResponse"), nsmap={"imm": NS})
+    etree.SubElement(response, q("Answer")).text = answer
+    return soap.envelope(response)
+
+
 def handle(sim: ImmigrationSimulator, body: bytes) -> bytes:
     """One SOAP request to the response envelope; raises _Fault."""
     request = _request_element(body)
     if request.tag == q("ClearDriver"):
-        response = etree.Element(q("ClearDriverResponse"), nsmap={"imm": NS})
-        etree.SubElement(response, q("Answer")).text = sim.answer(_text(request, "TravelDocument"))
-        return soap.envelope(response)
+        return _clearance_reply(sim.answer(_text(request, "TravelDocument")))
     if request.tag == q("AdviseBundle"):
         notice = {
             "notice_id": int(_text(request, "NoticeId")),
@@ -199,45 +205,84 @@ def handle(sim: ImmigrationSimulator, body: bytes) -> bytes:
     raise _Fault("INVALID_VALUE", f"unknown request {request.tag}: ClearDriver or AdviseBundle of {NS}")
 
 
-def create_app(sim: ImmigrationSimulator) -> FastAPI:
-    app = FastAPI(title="Immigration simulator", docs_url=None, redoc_url=None, openapi_url=None)
+class _App:
+    """The simulator as a plain ASGI application: four routes, no framework between uvicorn and the
+    answer, as the simulator shares the machine with the gateway it plays against at kiosk rates."""
 
-    @app.get("/immigration")
-    async def get_wsdl(request: Request) -> Response:
-        if "wsdl" not in {key.lower() for key in request.query_params}:
-            return Response(
-                "SOAP requests are POSTed here; the WSDL is at /immigration?wsdl",
-                status_code=404,
-                media_type="text/plain",
+    def __init__(self, sim: ImmigrationSimulator) -> None:
+        self.sim = sim
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        path, method = scope["path"], scope["method"]
+        if path == "/immigration" and method == "POST":
+            status, body, media_type = await self._soap(receive)
+        elif method not in ("GET", "HEAD"):
+            status, body, media_type = 405, b"Method Not Allowed", "text/plain"
+        elif path == "/immigration":
+            status, body, media_type = self._wsdl(scope)
+        elif path == "/immigration/immigration.xsd":
+            status, body, media_type = 200, _schema_file("immigration.xsd"), "application/xml"
+        elif path == "/immigration/notices":
+            status, body, media_type = (
+                200,
+                json.dumps(self.sim.listing(), ensure_ascii=False, separators=(",", ":")).encode(),
+                "application/json",
             )
-        return Response(wsdl_for(str(request.base_url).rstrip("/")), media_type=_SOAP_XML)
+        else:
+            status, body, media_type = 404, b"Not Found", "text/plain"
+        headers = [(b"content-type", media_type.encode()), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
 
-    @app.get("/immigration/immigration.xsd")
-    async def get_xsd() -> Response:
-        return Response(_schema_file("immigration.xsd"), media_type="application/xml")
-
-    @app.get("/immigration/notices")
-    async def notices() -> JSONResponse:
-        return JSONResponse(sim.listing())
-
-    @app.post("/immigration")
-    async def post_soap(request: Request) -> Response:
-        body = await request.body()
-        if sim.delay_ms:
-            await asyncio.sleep(sim.delay_ms / 1000)
+    async def _soap(self, receive: Any) -> tuple[int, bytes, str]:
+        chunks = []
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return 400, b"", _SOAP_XML
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        if self.sim.delay_ms:
+            await asyncio.sleep(self.sim.delay_ms / 1000)
         try:
-            return Response(handle(sim, body), media_type=_SOAP_XML)
+            return 200, handle(self.sim, body), _SOAP_XML
         except _Fault as fault:
-            return Response(_fault_envelope(fault), status_code=500, media_type=_SOAP_XML)
+            return 500, _fault_envelope(fault), _SOAP_XML
         except Exception:  # a fault, never a bare 500: the client must be able to read the answer
             log.exception("unexpected error")
-            return Response(
-                _fault_envelope(_Fault("INTERNAL", "the simulator failed", "Server")),
-                status_code=500,
-                media_type=_SOAP_XML,
-            )
+            return 500, _fault_envelope(_Fault("INTERNAL", "the simulator failed", "Server")), _SOAP_XML
 
-    return app
+    def _wsdl(self, scope: dict[str, Any]) -> tuple[int, bytes, str]:
+        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        if "wsdl" not in {key.lower() for key, _value in query}:
+            text = b"SOAP requests are POSTed here; the WSDL is at /immigration?wsdl"
+            return 404, text, "text/plain"
+        return 200, wsdl_for(_base_url(scope)), _SOAP_XML
+
+
+def _base_url(scope: dict[str, Any]) -> str:
+    """The URL the client used to reach the service, as Starlette's ``request.base_url`` gives it."""
+    host = next((value.decode("latin-1") for name, value in scope["headers"] if name == b"host"), None)
+    if host is None:
+        server_host, port = scope.get("server") or ("127.0.0.1", 80)
+        host = f"{server_host}:{port}"
+    return f"{scope['scheme']}://{host}{scope.get('root_path', '')}".rstrip("/")
+
+
+def create_app(sim: ImmigrationSimulator) -> _App:
+    return _App(sim)
 
 
 def run(host: str, port: int, watchlist: frozenset[str], delay_ms: int, server_class: Any) -> int:

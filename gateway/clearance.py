@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Connection, bindparam, insert, select, update
 
@@ -45,21 +46,60 @@ _CLEARANCES = insert(_K)
 # execution cost more CPU than the database's work on it (design section 6 asks 500 decisions a second).
 _SETTING = select(tables.settings.c.value).where(tables.settings.c.name == bindparam("name"))
 _BOUND = select(tables.parties.c.control_point).where(tables.parties.c.party_id == bindparam("party_id"))
-_LIVE_BUNDLE = select(_B).where(_B.c.live_vehicle == bindparam("vehicle"))
-_LIVE_BUNDLE_LOCKED = _LIVE_BUNDLE.with_for_update()
+# Only the columns a decision looks at: every other one (timestamps above all) costs its conversion.
+_BUNDLE_COLUMNS = [
+    _B.c[name]
+    for name in (
+        "bundle_id",
+        "vehicle",
+        "control_point",
+        "driver_id",
+        "status",
+        "earliest_crossing",
+        "slot_start",
+        "slot_end",
+    )
+]
+_MEMBER_COLUMNS = [
+    _C.c[name]
+    for name in ("ccrn", "filer_id", "status", "status_version", "version", "amended_at", "crossing_to")
+]
+# The vehicle's live bundle with the control point's contingency switch in the same statement (a
+# vehicle without a live bundle reads the switch on its own).
+_LIVE_BUNDLE_LOCKED = (
+    select(*_BUNDLE_COLUMNS, _SETTING.scalar_subquery().label("contingency"))
+    .where(_B.c.live_vehicle == bindparam("vehicle"))
+    .with_for_update(of=_B)
+)
+# The first look, before Immigration is asked, also reads the asking kiosk's binding.
+_LIVE_BUNDLE = select(
+    *_BUNDLE_COLUMNS,
+    _SETTING.scalar_subquery().label("contingency"),
+    _BOUND.scalar_subquery().label("bound"),
+).where(_B.c.live_vehicle == bindparam("vehicle"))
 _MEMBERS = (
-    select(_C)
+    select(*_MEMBER_COLUMNS)
     .join(_I, (_I.c.ccrn == _C.c.ccrn) & (_I.c.bundle_id == bindparam("bundle_id")))
     .where(_I.c.removed_at.is_(None))
     .order_by(_C.c.ccrn)
 )
-_MEMBERS_LOCKED = _MEMBERS.with_for_update()
-_OPEN_INSPECTION = select(_N).where(_N.c.bundle_id == bindparam("bundle_id"), _N.c.status == "OPEN")
-_RECORDS = select(_V.c.ccrn, _V.c.record).where(
-    _V.c.ccrn.in_(bindparam("ccrns", expanding=True)),
-    _V.c.version == select(_C.c.version).where(_C.c.ccrn == _V.c.ccrn).scalar_subquery(),
+# Under lock the members come with their current records: a consignment version is never changed, so
+# the record read with the locked row is the one that decides.
+_MEMBERS_LOCKED = (
+    select(*_MEMBER_COLUMNS, _V.c.record)
+    .join(_I, (_I.c.ccrn == _C.c.ccrn) & (_I.c.bundle_id == bindparam("bundle_id")))
+    .join(_V, (_V.c.ccrn == _C.c.ccrn) & (_V.c.version == _C.c.version))
+    .where(_I.c.removed_at.is_(None))
+    .order_by(_C.c.ccrn)
+    .with_for_update(of=(_C, _I))
 )
+_OPEN_INSPECTION = select(_N).where(_N.c.bundle_id == bindparam("bundle_id"), _N.c.status == "OPEN")
 _TRANSHIPS = select(_X).where(_X.c.ccrn.in_(bindparam("ccrns", expanding=True)))
+_BUNDLE_CROSSED = (
+    update(_B)
+    .where(_B.c.bundle_id == bindparam("key"))
+    .values(status="CROSSED", live_vehicle=None, updated_at=bindparam("now"))
+)
 _STATUSES = select(_C.c.ccrn, _C.c.status, _C.c.status_version).where(
     _C.c.ccrn.in_(bindparam("ccrns", expanding=True))
 )
@@ -69,6 +109,13 @@ _MOVE = (
     .values(status_version=_C.c.status_version + 1, updated_at=bindparam("now"))
 )
 _MOVE_TO = _MOVE.values(status=bindparam("to"))
+# Arrived and crossed in one decision: two status changes, each with its event and audit row, in one
+# UPDATE.
+_ARRIVE_AND_CROSS = (
+    update(_C)
+    .where(_C.c.ccrn.in_(bindparam("ccrns", expanding=True)))
+    .values(status="CROSSED", status_version=_C.c.status_version + 2, updated_at=bindparam("now"))
+)
 
 # Immigration is called on a pool of its own with a deadline, so that a client that ignores its own
 # timeout can neither hold a request nor let a late answer through: past the deadline it is NOT_READY.
@@ -144,17 +191,18 @@ def parse_request(gw: Gateway, data: Any) -> KioskRequest:
     )
 
 
-def _authorise(conn: Connection, actor: Actor, control_point: str) -> None:
+def _authorise(actor: Actor, control_point: str, bound: Callable[[], str | None]) -> None:
+    """Officers, and kiosks bound to the control point (``bound`` gives the kiosk's binding)."""
     if actor.status != "ACTIVE":
         raise GatewayError.one("FORBIDDEN", f"party {actor.party_id} is suspended")
     if actor.is_officer:
         return
     if actor.role != "kiosk":
         raise GatewayError.one("FORBIDDEN", "only kiosks and officers ask for clearance decisions")
-    bound = conn.scalar(_BOUND, {"party_id": actor.party_id})
-    if bound != control_point:
+    point = bound()
+    if point != control_point:
         raise GatewayError.one(
-            "FORBIDDEN", f"this kiosk is bound to {bound}, not {control_point}", "control_point"
+            "FORBIDDEN", f"this kiosk is bound to {point}, not {control_point}", "control_point"
         )
 
 
@@ -196,18 +244,27 @@ def set_contingency(gw: Gateway, actor: Actor, control_point: str, active: Any) 
 # -- reading the store ---------------------------------------------------------------------------------
 
 
-def _members(conn: Connection, bundle_id: str, lock: bool) -> list[Any]:
-    return list(conn.execute(_MEMBERS_LOCKED if lock else _MEMBERS, {"bundle_id": bundle_id}))
+def _live_bundle(conn: Connection, req: KioskRequest, actor: Actor, lock: bool) -> Any:
+    """The vehicle's live bundle (or None) with the contingency switch (and, unlocked, the kiosk's
+    binding)."""
+    params = {"vehicle": req.vehicle, "name": _CONTINGENCY + req.control_point}
+    if lock:
+        return conn.execute(_LIVE_BUNDLE_LOCKED, params).first()
+    return conn.execute(_LIVE_BUNDLE, {**params, "party_id": actor.party_id}).first()
 
 
-def _plan(conn: Connection, gw: Gateway, req: KioskRequest, lock: bool) -> Plan:
+def _plan(conn: Connection, gw: Gateway, req: KioskRequest, lock: bool, bundle: Any) -> Plan:
+    """What the store says; ``bundle`` is what ``_live_bundle`` read in this transaction."""
     from gateway.consignments import expiry_due  # the lifecycle's own rule
 
     plan = Plan()
-    if in_contingency(conn, req.control_point):
+    if bundle is not None:
+        contingency = bundle.contingency
+    else:
+        contingency = conn.scalar(_SETTING, {"name": _CONTINGENCY + req.control_point})
+    if contingency == "on":
         plan.early = Verdict("NOT_READY", ["CONTINGENCY"])
         return plan
-    bundle = conn.execute(_LIVE_BUNDLE_LOCKED if lock else _LIVE_BUNDLE, {"vehicle": req.vehicle}).first()
     plan.bundle = bundle
     if req.empty:
         if bundle is not None:
@@ -220,7 +277,7 @@ def _plan(conn: Connection, gw: Gateway, req: KioskRequest, lock: bool) -> Plan:
     if bundle.control_point != req.control_point:
         plan.early = Verdict("NOT_READY", ["WRONG_CONTROL_POINT"])
         return plan
-    plan.members = _members(conn, bundle.bundle_id, lock)
+    plan.members = list(conn.execute(_MEMBERS_LOCKED if lock else _MEMBERS, {"bundle_id": bundle.bundle_id}))
     if not plan.members or any(m.status not in ("BUNDLED", "ARRIVED") for m in plan.members):
         plan.early = Verdict("NOT_READY", ["NO_BUNDLE"])
         return plan
@@ -242,11 +299,14 @@ def _plan(conn: Connection, gw: Gateway, req: KioskRequest, lock: bool) -> Plan:
         # Before asking Immigration only what saves the call matters; the transhipment rules below
         # are checked under lock, where they decide.
         return plan
-    ccrns = [m.ccrn for m in plan.members]
-    plan.records = {r.ccrn: json.loads(r.record) for r in conn.execute(_RECORDS, {"ccrns": ccrns})}
-    plan.tranship = {r.ccrn: r for r in conn.execute(_TRANSHIPS, {"ccrns": ccrns})}
+    plan.records = {m.ccrn: json.loads(m.record) for m in plan.members}
+    modes = {m.ccrn: (plan.records[m.ccrn].get("transhipment") or {}).get("mode") for m in plan.members}
+    if any(modes.values()):  # most cargo is no transhipment and has no row to read
+        plan.tranship = {
+            r.ccrn: r for r in conn.execute(_TRANSHIPS, {"ccrns": [m.ccrn for m in plan.members]})
+        }
     for m in plan.members:
-        mode = (plan.records[m.ccrn].get("transhipment") or {}).get("mode")
+        mode = modes[m.ccrn]
         if mode == "AIR_TO_LAND" and m.ccrn not in plan.tranship:
             # The airport is the first control point: the cargo may not leave before it has recorded it.
             plan.early = Verdict("NOT_READY", ["TRANSHIPMENT_NOT_RECORDED"])
@@ -288,26 +348,40 @@ def decide(gw: Gateway, actor: Actor, data: Any) -> dict[str, Any]:
     """The kiosk decision of design section 7. Bad requests are errors; past that, every fault is
     NOT_READY with reason SYSTEM_FAULT."""
     req = parse_request(gw, data)
-    with gw.engine.connect() as conn:
-        _authorise(conn, actor, req.control_point)
+    authorised = False
     try:
-        return _decide(gw, actor, req)
+        with gw.engine.connect() as conn:  # one connection for the check and the first reading
+            if conn.dialect.name == "postgresql":
+                # Read committed: each statement sees its own snapshot, in a transaction or not; the
+                # first reading is checked again under lock. No BEGIN and ROLLBACK round trips.
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+            bundle = _live_bundle(conn, req, actor, lock=False)
+
+            def bound() -> str | None:
+                if bundle is not None:
+                    return cast(str | None, bundle.bound)
+                return conn.scalar(_BOUND, {"party_id": actor.party_id})
+
+            _authorise(actor, req.control_point, bound)
+            authorised = True
+            first = _plan(conn, gw, req, False, bundle)
+        return _decide(gw, actor, req, first)
     except Exception:
+        if not authorised:  # a refused caller gets its error, not a decision
+            raise
         log.exception("kiosk decision failed: the truck goes to a manual lane")
         out: dict[str, Any] = {"decision": "NOT_READY", "reasons": ["SYSTEM_FAULT"], "ccrns": []}
         return out
 
 
-def _decide(gw: Gateway, actor: Actor, req: KioskRequest) -> dict[str, Any]:
-    with gw.engine.connect() as conn:
-        first = _plan(conn, gw, req, lock=False)
+def _decide(gw: Gateway, actor: Actor, req: KioskRequest, first: Plan) -> dict[str, Any]:
     answer: str | None = None
     asked = first.early is None
     if asked:
         driver = first.bundle.driver_id if first.bundle is not None else None
         answer = ask_immigration(gw, req, driver)
     with gw.engine.begin() as conn:
-        plan = _plan(conn, gw, req, lock=True) if asked else first
+        plan = _plan(conn, gw, req, True, _live_bundle(conn, req, actor, lock=True)) if asked else first
         if asked and plan.early is None and answer is None:
             verdict = Verdict("NOT_READY", ["IMMIGRATION_UNAVAILABLE"])
         elif asked and plan.early is None and answer == "REFER":
@@ -360,11 +434,12 @@ def _conclude(
             for m in plan.members
             if (plan.records[m.ccrn].get("transhipment") or {}).get("mode") == "AIR_TO_LAND"
         ]
-        to_profile = [m.ccrn for m in plan.members if m.ccrn not in second_point]
-        results = risk.assess(
+        to_profile = [m for m in plan.members if m.ccrn not in second_point]
+        results = risk.assess_held(
             conn,
             gw,
             to_profile,
+            plan.records,
             "KIOSK",
             crossing_at=now,
             vehicle=bundle.vehicle,
@@ -408,8 +483,10 @@ def _conclude(
         conn.execute(
             update(_X).where(_X.c.ccrn == ccrn).values(status="INSPECTION", intact=False, second_at=now)
         )
-    if bundle is not None:
-        _arrive(conn, gw, actor, req, plan, verdict.decision)
+    if verdict.decision == "RELEASE" and bundle is not None:
+        _arrive_and_cross(conn, gw, actor, req, plan)
+        return _answer(actor, clearance_id, verdict, [m.ccrn for m in plan.members], detail)
+    states = _arrive(conn, gw, actor, req, plan, verdict.decision) if bundle is not None else {}
     if verdict.decision == "INSPECT":
         open_inspection(
             conn,
@@ -422,9 +499,8 @@ def _conclude(
             empty=req.empty,
             ccrns=[m.ccrn for m in plan.members],
             selection=selection,
+            states=states,
         )
-    if verdict.decision == "RELEASE" and bundle is not None:
-        cross(conn, gw, actor, plan.members, bundle, req.elock_id, inspected=False, records=plan.records)
     return _answer(actor, clearance_id, verdict, [m.ccrn for m in plan.members], detail)
 
 
@@ -511,6 +587,9 @@ def event(
     )
 
 
+State = tuple[str, int]  # a consignment's (status, status_version)
+
+
 def move(
     conn: Connection,
     gw: Gateway,
@@ -520,37 +599,60 @@ def move(
     kind: str,
     data: dict[str, Any],
     vehicle: str | None = None,
+    states: dict[str, State] | None = None,
 ) -> None:
     """Set consignments' status (None: keep each one's) with status_version bumped, one event and one
-    audit row each: four statements however many consignments, as a kiosk decision is on the clock."""
+    audit row each: four statements however many consignments, as a kiosk decision is on the clock;
+    three when the caller holds their current ``states`` (read under lock), which are brought up to
+    date."""
     if not ccrns:
         return
     now = gw.now()
-    current = {r.ccrn: r for r in conn.execute(_STATUSES, {"ccrns": ccrns})}
+    if states is None:
+        states = {r.ccrn: (r.status, r.status_version) for r in conn.execute(_STATUSES, {"ccrns": ccrns})}
     if status is None:
         conn.execute(_MOVE, {"ccrns": ccrns, "now": now})
     else:
         conn.execute(_MOVE_TO, {"ccrns": ccrns, "now": now, "to": status})
+    events: list[dict[str, Any]] = []
+    audits: list[dict[str, Any]] = []
+    _transitions(gw, actor, ccrns, status, kind, data, vehicle, now, states, events, audits)
+    conn.execute(_EVENTS, events)
+    conn.execute(_AUDITS, audits)
+
+
+def _transitions(
+    gw: Gateway,
+    actor: Actor,
+    ccrns: list[str],
+    status: str | None,
+    kind: str,
+    data: dict[str, Any],
+    vehicle: str | None,
+    now: datetime,
+    states: dict[str, State],
+    events: list[dict[str, Any]],
+    audits: list[dict[str, Any]],
+) -> None:
+    """The event and audit row of one status change of each consignment (``states`` updated)."""
     text = json.dumps(data)
-    events = []
-    audits = []
+    action = f"consignment.{kind.lower()}"
     for ccrn in ccrns:
-        old = current[ccrn]
-        new = {"status": status or old.status, "status_version": old.status_version + 1}
+        old_status, old_version = states[ccrn]
+        states[ccrn] = (status or old_status, old_version + 1)
+        new = {"status": states[ccrn][0], "status_version": states[ccrn][1]}
         events.append({"at": now, "type": kind, "ccrn": ccrn, "vehicle": vehicle, "data": text, **new})
         audits.append(
             audit_values(
                 gw,
                 actor,
-                f"consignment.{kind.lower()}",
+                action,
                 "consignment",
                 ccrn,
-                {"status": old.status, "status_version": old.status_version},
+                {"status": old_status, "status_version": old_version},
                 new,
             )
         )
-    conn.execute(_EVENTS, events)
-    conn.execute(_AUDITS, audits)
 
 
 def bump(conn: Connection, gw: Gateway, actor: Actor, ccrn: str, kind: str, data: dict[str, Any]) -> None:
@@ -565,11 +667,9 @@ def _set_bundle(conn: Connection, gw: Gateway, bundle_id: str, status: str) -> N
     conn.execute(update(_B).where(_B.c.bundle_id == bundle_id).values(**values))
 
 
-def _arrive(
-    conn: Connection, gw: Gateway, actor: Actor, req: KioskRequest, plan: Plan, decision: str
-) -> None:
+def _arrival(req: KioskRequest, plan: Plan, decision: str) -> dict[str, Any]:
     bundle = plan.bundle
-    data = {
+    return {
         "decision": decision,
         "control_point": req.control_point,
         "lane": req.lane,
@@ -577,13 +677,54 @@ def _arrive(
         "driver": bundle.driver_id,
         "late": plan.late,
     }
+
+
+def _arrive(
+    conn: Connection, gw: Gateway, actor: Actor, req: KioskRequest, plan: Plan, decision: str
+) -> dict[str, State]:
+    """The members are ARRIVED; returns their states after it."""
+    bundle = plan.bundle
+    data = _arrival(req, plan, decision)
+    states = {m.ccrn: (m.status, m.status_version) for m in plan.members}
     fresh = [m.ccrn for m in plan.members if m.status == "BUNDLED"]
-    move(conn, gw, actor, fresh, "ARRIVED", "ARRIVED", data, vehicle=bundle.vehicle)
+    move(conn, gw, actor, fresh, "ARRIVED", "ARRIVED", data, vehicle=bundle.vehicle, states=states)
     # Arriving again after a refused driver: the decision is news, the status is not.
     again = [m.ccrn for m in plan.members if m.status != "BUNDLED"]
-    move(conn, gw, actor, again, None, "ARRIVED", data, vehicle=bundle.vehicle)
+    move(conn, gw, actor, again, None, "ARRIVED", data, vehicle=bundle.vehicle, states=states)
     if bundle.status == "LIVE":
         _set_bundle(conn, gw, bundle.bundle_id, "ARRIVED")
+    return states
+
+
+def _arrive_and_cross(conn: Connection, gw: Gateway, actor: Actor, req: KioskRequest, plan: Plan) -> None:
+    """A release: the members are ARRIVED, then CROSSED, and the bundle is done. The same rows as
+    ``_arrive`` then ``cross`` (every status change with its event and audit row, in that order), in
+    one UPDATE per table and one INSERT of many rows per table."""
+    from gateway import transhipments
+
+    bundle = plan.bundle
+    now = gw.now()
+    ccrns = [m.ccrn for m in plan.members]
+    states = {m.ccrn: (m.status, m.status_version) for m in plan.members}
+    events: list[dict[str, Any]] = []
+    audits: list[dict[str, Any]] = []
+    arrival = _arrival(req, plan, "RELEASE")
+    fresh = [m.ccrn for m in plan.members if m.status == "BUNDLED"]
+    _transitions(gw, actor, fresh, "ARRIVED", "ARRIVED", arrival, bundle.vehicle, now, states, events, audits)
+    again = [m.ccrn for m in plan.members if m.status != "BUNDLED"]
+    _transitions(gw, actor, again, None, "ARRIVED", arrival, bundle.vehicle, now, states, events, audits)
+    crossing = {"control_point": bundle.control_point, "bundle_id": bundle.bundle_id}
+    _transitions(
+        gw, actor, ccrns, "CROSSED", "CROSSED", crossing, bundle.vehicle, now, states, events, audits
+    )
+    conn.execute(_ARRIVE_AND_CROSS, {"ccrns": ccrns, "now": now})
+    conn.execute(_EVENTS, events)
+    conn.execute(_AUDITS, audits)
+    for m in plan.members:
+        leg = dict(plan.records[m.ccrn].get("transhipment") or {})
+        if leg:  # the transhipment rules; nothing to do for other cargo
+            transhipments.on_crossed(conn, gw, actor, m.ccrn, bundle.control_point, req.elock_id, False, leg)
+    conn.execute(_BUNDLE_CROSSED, {"key": bundle.bundle_id, "now": now})
 
 
 def cross(
@@ -594,7 +735,6 @@ def cross(
     bundle: Any,
     elock_id: str | None,
     inspected: bool,
-    records: dict[str, Any] | None = None,
 ) -> None:
     """The vehicle has crossed: its consignments are CROSSED, its bundle done, its vehicle free. A
     land-to-air transhipment starts its journey to the airport with the e-lock recorded here; an
@@ -604,8 +744,7 @@ def cross(
     data = {"control_point": bundle.control_point, "bundle_id": bundle.bundle_id}
     move(conn, gw, actor, [m.ccrn for m in members], "CROSSED", "CROSSED", data, vehicle=bundle.vehicle)
     for m in members:
-        leg = None if records is None else dict(records[m.ccrn].get("transhipment") or {})
-        transhipments.on_crossed(conn, gw, actor, m.ccrn, bundle.control_point, elock_id, inspected, leg)
+        transhipments.on_crossed(conn, gw, actor, m.ccrn, bundle.control_point, elock_id, inspected)
     _set_bundle(conn, gw, bundle.bundle_id, "CROSSED")
 
 
@@ -624,7 +763,10 @@ def open_inspection(
     empty: bool,
     ccrns: list[str],
     selection: dict[str, Any],
+    states: dict[str, State] | None = None,
 ) -> int:
+    """An inspection case with an INSPECTION_OPENED event per consignment (or one for the vehicle);
+    ``states``: the consignments' current (status, status_version) when the caller holds them."""
     result = conn.execute(
         insert(_N).values(
             opened_at=gw.now(),
@@ -652,18 +794,24 @@ def open_inspection(
             status_version=None,
             data=data,
         )
-    for ccrn in ccrns:
-        row = conn.execute(select(_C.c.status, _C.c.status_version).where(_C.c.ccrn == ccrn)).one()
-        event(
-            conn,
-            gw,
-            "INSPECTION_OPENED",
-            ccrn=ccrn,
-            vehicle=vehicle,
-            status=row.status,
-            status_version=row.status_version,
-            data=data,
-        )
+        return inspection_id
+    if not states or any(c not in states for c in ccrns):
+        states = {r.ccrn: (r.status, r.status_version) for r in conn.execute(_STATUSES, {"ccrns": ccrns})}
+    now = gw.now()
+    text = json.dumps(data)
+    events = [
+        {
+            "at": now,
+            "type": "INSPECTION_OPENED",
+            "ccrn": ccrn,
+            "vehicle": vehicle,
+            "status": states[ccrn][0],
+            "status_version": states[ccrn][1],
+            "data": text,
+        }
+        for ccrn in ccrns
+    ]
+    conn.execute(_EVENTS, events)
     return inspection_id
 
 

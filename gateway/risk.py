@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, bindparam, delete, insert, or_, select, tuple_
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from gateway import tables
@@ -419,9 +421,15 @@ def profile_of(row: Any) -> Profile:
     )
 
 
-_ACTIVE_PROFILES = select(_P).where(_P.c.status == "ACTIVE").order_by(_P.c.profile_id)
+_ACTIVE_PROFILES = (
+    select(_P.c.profile_id, _P.c.name, _P.c.version, _P.c.weight, _P.c.conditions)
+    .where(_P.c.status == "ACTIVE")
+    .order_by(_P.c.profile_id)
+)
+# Profiles as evaluated, by everything they are made of: read on every profiling, parsed once.
+_PARSED: dict[tuple[Any, ...], Profile] = {}
 _LIVE_TARGETS = (
-    select(_T)
+    select(_T.c.target_id, _T.c.kind, _T.c.value, _T.c.action, _T.c.profile_id, _T.c.reason)
     .where(
         _T.c.value.in_(bindparam("keys", expanding=True)),
         _T.c.revoked_at.is_(None),
@@ -432,7 +440,16 @@ _LIVE_TARGETS = (
 
 
 def active_profiles(conn: Connection) -> tuple[Profile, ...]:
-    return tuple(profile_of(r) for r in conn.execute(_ACTIVE_PROFILES))
+    profiles = []
+    for row in conn.execute(_ACTIVE_PROFILES):
+        key = tuple(row)
+        profile = _PARSED.get(key)
+        if profile is None:
+            if len(_PARSED) >= 4096:
+                _PARSED.clear()
+            profile = _PARSED[key] = profile_of(row)
+        profiles.append(profile)
+    return tuple(profiles)
 
 
 def fields_used(profiles: Iterable[Profile]) -> frozenset[str]:
@@ -528,10 +545,26 @@ def _store(conn: Connection, gw: Gateway, results: Sequence[Result], trigger: st
     ]
     if not rows:
         return
-    if not fresh:  # the latest profiling of a version replaces the one before
-        pairs = [(r["ccrn"], r["version"]) for r in rows]
-        conn.execute(delete(_R).where(tuple_(_R.c.ccrn, _R.c.version).in_(pairs)))
+    if fresh:
+        conn.execute(_RESULTS, rows)
+        return
+    # The latest profiling of a version replaces the one before: one upsert where the database has it.
+    upsert = _UPSERTS.get(conn.dialect.name)
+    if upsert is not None:
+        conn.execute(upsert, rows)
+        return
+    pairs = [(r["ccrn"], r["version"]) for r in rows]
+    conn.execute(delete(_R).where(tuple_(_R.c.ccrn, _R.c.version).in_(pairs)))
     conn.execute(_RESULTS, rows)
+
+
+def _upsert(dialect_insert: Any) -> Any:
+    statement = dialect_insert(_R)
+    replaced = {c.name: statement.excluded[c.name] for c in _R.columns if not c.primary_key}
+    return statement.on_conflict_do_update(index_elements=[_R.c.ccrn, _R.c.version], set_=replaced)
+
+
+_UPSERTS = {"sqlite": _upsert(sqlite_insert), "postgresql": _upsert(postgresql_insert)}
 
 
 # -- the hooks the lifecycle calls ------------------------------------------------------------------------
@@ -595,38 +628,54 @@ def subjects(
     for start in range(0, len(ccrns), 500):
         chunk = list(ccrns[start : start + 500])
         rows.extend(conn.execute(_SUBJECTS, {"ccrns": chunk}))
-    filers = {r.filer_id for r in rows}
-    firsts = _first_timers(conn, filers) if filers and (used is None or "first_time_filer" in used) else set()
     records = {r.ccrn: json.loads(r.record) for r in rows}
     vehicles = {r.ccrn: vehicle or r.vehicle or records[r.ccrn].get("vehicle_hint") for r in rows}
     drivers = {r.ccrn: driver or r.driver_id for r in rows}
+    whens = {}
+    for r in rows:
+        when = crossing_at
+        if when is None:
+            when = max(r.slot_start, r.earliest_crossing) if r.slot_start is not None else r.crossing_from
+        whens[r.ccrn] = when
+    return _subjects(conn, gw, rows, records, vehicles, drivers, whens, used)
+
+
+def _subjects(
+    conn: Connection,
+    gw: Gateway,
+    rows: Sequence[Any],
+    records: Mapping[str, Mapping[str, Any]],
+    vehicles: Mapping[str, str | None],
+    drivers: Mapping[str, str | None],
+    whens: Mapping[str, datetime | None],
+    used: frozenset[str] | None,
+) -> list[Subject]:
+    """Subjects of consignment rows (ccrn, version, filer_id, amended_at) with their records, vehicles,
+    drivers and crossing times: the filers' history read only when a profile looks at it."""
+    filers = {r.filer_id for r in rows}
+    firsts = _first_timers(conn, filers) if filers and (used is None or "first_time_filer" in used) else set()
     offences = (
         offence_counts(conn, gw, [*filers, *drivers.values()], vehicles.values())
         if used is None or "offences_last_90_days" in used
         else []
     )
-    out = []
-    for r in rows:
-        when = crossing_at
-        if when is None:
-            when = max(r.slot_start, r.earliest_crossing) if r.slot_start is not None else r.crossing_from
-        out.append(
-            Subject(
-                r.ccrn,
-                r.version,
-                records[r.ccrn],
-                r.filer_id,
-                vehicle=vehicles[r.ccrn],
-                driver=drivers[r.ccrn],
-                first_time_filer=r.filer_id in firsts,
-                offences=_count(offences, {r.filer_id, drivers[r.ccrn] or ""}, vehicles[r.ccrn])
-                if offences
-                else 0,
-                amended_at=r.amended_at,
-                crossing_at=when,
-            )
+    return [
+        Subject(
+            r.ccrn,
+            r.version,
+            records[r.ccrn],
+            r.filer_id,
+            vehicle=vehicles[r.ccrn],
+            driver=drivers[r.ccrn],
+            first_time_filer=r.filer_id in firsts,
+            offences=_count(offences, {r.filer_id, drivers[r.ccrn] or ""}, vehicles[r.ccrn])
+            if offences
+            else 0,
+            amended_at=r.amended_at,
+            crossing_at=whens[r.ccrn],
         )
-    return out
+        for r in rows
+    ]
 
 
 _SUBJECTS = (
@@ -679,6 +728,33 @@ def assess(
     )
     if not found:
         return {}
+    rules = _rules(conn, gw, profiles, [k for s in found for k in keys_of(s)])
+    results = [evaluate(s, rules) for s in found]
+    _store(conn, gw, results, trigger, fresh=False)
+    return {r.ccrn: r for r in results}
+
+
+def assess_held(
+    conn: Connection,
+    gw: Gateway,
+    members: Sequence[Any],
+    records: Mapping[str, Mapping[str, Any]],
+    trigger: str,
+    *,
+    crossing_at: datetime,
+    vehicle: str,
+    driver: str | None,
+) -> dict[str, Result]:
+    """``assess`` of consignments whose rows (current version, read under lock) and records the caller
+    already holds, arriving in ``vehicle`` with ``driver`` at ``crossing_at``: the same results, without
+    reading them again."""
+    if not members:
+        return {}
+    profiles = active_profiles(conn)
+    vehicles = {m.ccrn: vehicle or records[m.ccrn].get("vehicle_hint") for m in members}
+    drivers = dict.fromkeys(vehicles, driver)
+    whens = dict.fromkeys(vehicles, crossing_at)
+    found = _subjects(conn, gw, members, records, vehicles, drivers, whens, fields_used(profiles))
     rules = _rules(conn, gw, profiles, [k for s in found for k in keys_of(s)])
     results = [evaluate(s, rules) for s in found]
     _store(conn, gw, results, trigger, fresh=False)
