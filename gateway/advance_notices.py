@@ -40,6 +40,7 @@ log = logging.getLogger("roadcargo.advance_notices")
 _O = tables.immigration_outbox
 LEASE = timedelta(minutes=2)  # far longer than one delivery, which is bounded by [immigration] timeout_ms
 MAX_BACKOFF = timedelta(minutes=5)
+_ENQUEUE = insert(_O)  # built once: building a statement per bundle cost more than executing it
 
 
 @dataclass(frozen=True)
@@ -70,18 +71,19 @@ def enqueue(conn: Connection, gw: Gateway, bundle: Any) -> None:
     """A notice for a bundle just made, in the bundle's transaction."""
     now = gw.now()
     conn.execute(
-        insert(_O).values(
-            bundle_id=bundle.bundle_id,
-            vehicle=bundle.vehicle,
-            driver_id=bundle.driver_id,
-            control_point=bundle.control_point,
-            direction=bundle.direction,
-            slot_start=bundle.slot_start,
-            slot_end=bundle.slot_end,
-            created_at=now,
-            next_attempt_at=now,
-            attempts=0,
-        )
+        _ENQUEUE,
+        {
+            "bundle_id": bundle.bundle_id,
+            "vehicle": bundle.vehicle,
+            "driver_id": bundle.driver_id,
+            "control_point": bundle.control_point,
+            "direction": bundle.direction,
+            "slot_start": bundle.slot_start,
+            "slot_end": bundle.slot_end,
+            "created_at": now,
+            "next_attempt_at": now,
+            "attempts": 0,
+        },
     )
 
 

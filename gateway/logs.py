@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
 import sys
 import time
@@ -41,7 +42,11 @@ def request_id() -> str | None:
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    """A random version-4 UUID in hex, as ``uuid.uuid4().hex`` gives, from the process's pseudo-random
+    generator (reseeded from the system in every forked process) instead of ``os.urandom``: a request id
+    correlates log lines, it guards nothing, and reading the system's random source in the event loop
+    released the GIL on every request, which then waited for a worker thread to give it back."""
+    return uuid.UUID(int=random.getrandbits(128), version=4).hex
 
 
 @contextmanager
