@@ -62,7 +62,7 @@ def storages(workdir: Path, pg_url: str | None, skip_sqlite: bool = False) -> It
     admin = None
     name = f"roadcargo_bench_{uuid.uuid4().hex[:8]}"
     if pg_url:
-        admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+        admin = create_engine(pg_url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)  # outlives a restart
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
         runs.append(("postgresql", make_url(pg_url).set(database=name).render_as_string(hide_password=False)))
@@ -166,6 +166,33 @@ async def drive(
 
     started = time.perf_counter()
     lats = await asyncio.gather(*(one(c, w) for c, w in zip(clients, work, strict=True)))
+    return Run([x for xs in lats for x in xs], time.perf_counter() - started)
+
+
+async def drive_paced(
+    clients: list[RawClient], work: list[list[bytes]], check: Callable[[int, bytes], None], rate: float
+) -> Run:
+    """Open loop: the requests are due at ``rate`` per second in all, spread evenly over the clients
+    (each client sends its next request when it is due, or as soon as its previous answer is in when
+    it is late). A latency counts from the moment the request was due, so time spent waiting behind a
+    slow answer is counted too (no coordinated omission)."""
+    interval = len(clients) / rate  # between two requests of one client
+
+    async def one(index: int, client: RawClient, requests: list[bytes]) -> list[float]:
+        out = []
+        due = started + index / rate  # the clients' schedules interleave
+        for request in requests:
+            wait = due - time.perf_counter()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            status, body = await client.send(request)
+            out.append(time.perf_counter() - due)
+            check(status, body)
+            due += interval
+        return out
+
+    started = time.perf_counter()
+    lats = await asyncio.gather(*(one(i, c, w) for i, (c, w) in enumerate(zip(clients, work, strict=True))))
     return Run([x for xs in lats for x in xs], time.perf_counter() - started)
 
 
