@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/border_day.py [--seed 1] [--scale 1.0] [--speedup X] [--pg URL | --sqlite]
                                          [--processes 2] [--topology auto|serve|worker] [--out PREFIX]
+                                         [--restart-postgresql-at F] [--kill-serve-at F]
+                                         [--kill-worker-at F] [--fault-pause 3] [--keep]
 
 From the seed it generates the day (``bench/border_day_plan.py``): about 17,000 trucks over the six land
 control points with a morning and an evening peak, one to five consignments each, lodged 40 % as EDIFACT
@@ -25,6 +27,20 @@ At the end it checks that every consignment is accounted for (lodged = CCRNs iss
 cancelled + still waiting, and each CCRN in the status its story ends in), prints throughput, p50/p99
 per operation and the errors, and writes PREFIX.json and PREFIX.png (crossings per hour per control
 point; trucks queueing at the kiosks). Exit status 1 when anything is unaccounted for or any error.
+
+Faults during the replay, at a fraction F of the day's schedule, one at a time: ``--restart-postgresql-at``
+stops the local PostgreSQL server (``pg_ctlcluster ... stop -m fast``: every database of the server) and
+starts it again ``--fault-pause`` seconds later; ``--kill-serve-at`` kills serve0 with SIGKILL and starts a
+replacement on its ports after the pause, as a supervisor would; ``--kill-worker-at`` does the same to the
+worker (its replacement takes over the SFTP claims). The client behaves as a partner would: a 503 or 429
+is resent once ``Retry-After`` has passed, a connection error after a growing pause to the next process,
+an SFTP exchange resumed on a new connection (the file uploaded again only if the gateway does not have
+it), a kiosk ``NOT_READY SYSTEM_FAULT`` tried again a second later; each for 120 s at most. A resend after
+a lost reply relies on the gateway's idempotency; where the gateway answers a conflict instead (a bundle:
+``ALREADY_BUNDLED``; an inspection release: ``INVALID_STATE``; a kiosk decision: ``NOT_READY NO_BUNDLE``),
+the answer is counted apart. The report gives each fault's time, how long clients saw failures, when the
+last retried request was answered, and the SFTP files in flight across it; the accounting must still be
+exact.
 """
 
 from __future__ import annotations
@@ -77,6 +93,8 @@ DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 DWELL = 20.0  # simulated seconds a truck holds a kiosk lane after its decision
 INSPECTION_MINUTES = 40.0  # simulated minutes from a case opening to the officer's release
 NOT_READY_RETRIES = 3
+RETRY_SECONDS = 120.0  # how long a client keeps resending a request that a fault made fail
+SFTP_WAIT_SECONDS = 300.0  # how long an SFTP partner waits for its file to be processed
 LIVE = ("BUNDLED", "ARRIVED", "CROSSED", "HELD", "DECLARED")
 
 
@@ -107,6 +125,8 @@ class Gateways:
     sftp_ports: list[int] = field(default_factory=list)
     procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     configs: list[Path] = field(default_factory=list)
+    argv: dict[str, list[str]] = field(default_factory=dict)
+    cpu_gone: dict[str, float] = field(default_factory=lambda: collections.defaultdict(float))
 
     def _config(self, name: str, data_dir: Path, immigration: int) -> Path:
         lines = [
@@ -125,10 +145,31 @@ class Gateways:
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ROADCARGO_")}
-        with (self.workdir / f"{name}.log").open("wb") as log:
+        with (self.workdir / f"{name}.log").open("ab") as log:
             proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
-        self.procs.append((name, proc))
+        self.procs = [(n, p) for n, p in self.procs if n != name] + [(name, proc)]
+        self.argv[name] = argv
         return proc
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one process (its CPU so far is kept for the report)."""
+        proc = dict(self.procs)[name]
+        self.cpu_gone[name] += self._cpu_of(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    def respawn(self, name: str) -> None:
+        """Start a killed process again with the same command line (same ports), as a supervisor
+        would, and wait until it answers (a serve process) or has started its jobs (the worker)."""
+        self._spawn(name, self.argv[name])
+        if name.startswith("serve"):
+            wait_until_up(f"{self.bases[int(name[5:])]}/healthz", f"roadcargo {name}")
+        else:
+            log = self.workdir / f"{name}.log"
+            mark = log.read_bytes().count(b"worker running")
+            deadline = time.monotonic() + 60
+            while log.read_bytes().count(b"worker running") == mark and time.monotonic() < deadline:
+                time.sleep(0.05)
 
     def start(self) -> dict[str, str]:
         """Start everything; returns the officer registered with ``roadcargo party add`` meanwhile."""
@@ -185,17 +226,18 @@ class Gateways:
             raise
 
     def cpu_seconds(self) -> dict[str, float]:
-        """User + system CPU of each process so far (Linux /proc)."""
-        out = {}
-        tick = os.sysconf("SC_CLK_TCK")
-        for name, proc in self.procs:
-            try:
-                fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-                out[name] = (int(fields[11]) + int(fields[12])) / tick
-            except (OSError, IndexError, ValueError):
-                pass
+        """User + system CPU of each process so far (Linux /proc), killed predecessors included."""
+        out = {name: self._cpu_of(proc.pid) + self.cpu_gone[name] for name, proc in self.procs}
         out["postgresql (all)"] = self.postgres_cpu_seconds()
         return out
+
+    @staticmethod
+    def _cpu_of(pid: int) -> float:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            return 0.0
 
     @staticmethod
     def postgres_cpu_seconds() -> float:
@@ -239,6 +281,12 @@ class Gateways:
                 ):
                     counters[f"read {t.relname}"] = (t.seq_tup_read or 0) + (t.idx_tup_fetch or 0)
                     counters[f"written {t.relname}"] = t.written or 0
+                # which index the rows were read through: a read that grows with the day shows here
+                for t in conn.execute(
+                    text("SELECT indexrelname, idx_scan, idx_tup_read FROM pg_stat_user_indexes")
+                ):
+                    counters[f"index {t.indexrelname}"] = t.idx_tup_read or 0
+                    counters[f"scans {t.indexrelname}"] = t.idx_scan or 0
             return counters
         finally:
             engine.dispose()
@@ -258,6 +306,54 @@ class Gateways:
                 proc.wait()
 
 
+# -- faults during the replay ---------------------------------------------------------------------------
+
+
+@dataclass
+class Fault:
+    """One fault injected at a fraction of the day's schedule: ``postgresql`` (the server stopped, and
+    started again ``pause`` seconds later), ``serve`` (serve0 killed with SIGKILL, a replacement started
+    on its ports ``pause`` seconds later, as a supervisor would) or ``worker`` (the same for the worker,
+    whose SFTP claims its replacement takes over)."""
+
+    kind: str
+    at: float
+    pause: float
+    started: float = 0.0  # monotonic times
+    back: float = 0.0
+    detail: str = ""
+
+
+def postgresql_cluster() -> list[str]:
+    """``pg_ctlcluster`` arguments of the local server (one version under /etc/postgresql)."""
+    versions = sorted(os.listdir("/etc/postgresql"), key=lambda v: [int(x) for x in v.split(".")])
+    return ["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1], "main"]
+
+
+def inject(fault: Fault, gateways: Gateways) -> None:
+    """Run in a thread: the fault, then wait until what it broke is back."""
+    fault.started = time.monotonic()
+    if fault.kind == "postgresql":
+        cluster = postgresql_cluster()
+        subprocess.run([*cluster, "stop", "-m", "fast"], check=True, capture_output=True)
+        stopped = time.monotonic()
+        time.sleep(fault.pause)
+        starting = time.monotonic()
+        subprocess.run([*cluster, "start"], check=True, capture_output=True)
+        fault.detail = (
+            f"PostgreSQL {cluster[2]}: stop -m fast took {stopped - fault.started:.1f} s, down "
+            f"{fault.pause:g} s, start took {time.monotonic() - starting:.1f} s"
+        )
+    else:
+        name = "serve0" if fault.kind == "serve" else "worker"
+        pid = dict(gateways.procs)[name].pid
+        gateways.kill(name)
+        time.sleep(fault.pause)
+        gateways.respawn(name)
+        fault.detail = f"{name} (pid {pid}) SIGKILL, replacement pid {dict(gateways.procs)[name].pid}"
+    fault.back = time.monotonic()
+
+
 # -- SFTP partners (paramiko, in threads) --------------------------------------------------------------
 
 
@@ -267,33 +363,55 @@ class SftpPartner:
     or failed, read and remove the replies from /outbox."""
 
     def __init__(self, party_id: str, key: Path, ports: list[int]) -> None:
+        self.party_id, self.key, self.ports = party_id, key, ports
+        self.clients = [self._connect(port) for port in ports]
+        self.reconnecting = [threading.Lock() for _ in ports]
+        self.collected: dict[str, dict[str, bytes]] = {}  # replies read before a connection died
+
+    def _connect(self, port: int) -> tuple[Any, Any, threading.Lock]:
         import paramiko
 
-        self.clients = []
-        for port in ports:
-            transport = paramiko.Transport(("127.0.0.1", port))
-            transport.connect()
-            transport.auth_publickey(party_id, paramiko.Ed25519Key.from_private_key_file(str(key)))
-            client = paramiko.SFTPClient.from_transport(transport)
-            assert client is not None
-            self.clients.append((transport, client, threading.Lock()))
+        transport = paramiko.Transport(("127.0.0.1", port))
+        transport.connect()
+        transport.auth_publickey(self.party_id, paramiko.Ed25519Key.from_private_key_file(str(self.key)))
+        client = paramiko.SFTPClient.from_transport(transport)
+        assert client is not None
+        return transport, client, threading.Lock()
 
-    def exchange(self, server: int, name: str, data: bytes) -> dict[str, bytes]:
+    def reconnect(self, server: int) -> None:
+        """After the server's process died: a new connection to its port (its replacement), unless
+        another exchange has made one already."""
+        with self.reconnecting[server]:
+            old = self.clients[server][0]
+            if old.is_active():
+                return
+            with contextlib.suppress(Exception):
+                old.close()
+            self.clients[server] = self._connect(self.ports[server])
+
+    def exchange(self, server: int, name: str, data: bytes, resume: bool = False) -> dict[str, bytes]:
+        """``resume``: an earlier exchange of this file broke off (the connection died): upload only if
+        the gateway has not got the file yet (not in /inbox, /archive or /failed)."""
         _transport, client, lock = self.clients[server]
         with lock:
-            with client.open(f"/inbox/{name}.part", "wb") as f:
-                f.set_pipelined(True)
-                f.write(data)
-            client.rename(f"/inbox/{name}.part", f"/inbox/{name}")
+            there = resume and any(_exists(client, f"/{d}/{name}") for d in ("inbox", "archive", "failed"))
+            if not there:
+                with client.open(f"/inbox/{name}.part", "wb") as f:
+                    f.set_pipelined(True)
+                    f.write(data)
+                client.rename(f"/inbox/{name}.part", f"/inbox/{name}")
         pause = 0.1
+        deadline = time.monotonic() + SFTP_WAIT_SECONDS
         while True:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name}: not processed within {SFTP_WAIT_SECONDS:.0f} s")
             time.sleep(pause)
             pause = min(pause * 1.5, 1.0)
             with lock:
                 done = _exists(client, f"/archive/{name}")
                 failed = not done and _exists(client, f"/failed/{name}")
                 if done or failed:
-                    replies = {}
+                    replies = self.collected.setdefault(name, {})
                     for entry in client.listdir("/outbox"):
                         if entry.startswith(name + "."):
                             with client.open(f"/outbox/{entry}", "rb") as f:
@@ -302,7 +420,7 @@ class SftpPartner:
                     client.remove(f"/{'failed' if failed else 'archive'}/{name}")
                     if failed:
                         replies["failed"] = b"failed"
-                    return replies
+                    return self.collected.pop(name)
 
     def close(self) -> None:
         for transport, client, _lock in self.clients:
@@ -357,6 +475,17 @@ def ack_results(body: bytes) -> dict[str, tuple[str | None, str | None]]:
     return out
 
 
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} s"
+
+
+def _codes(r: httpx.Response) -> set[str]:
+    try:
+        return {str(p.get("code")) for p in r.json().get("errors", [])}
+    except (ValueError, AttributeError):
+        return set()
+
+
 # -- the replay ------------------------------------------------------------------------------------------
 
 
@@ -371,8 +500,11 @@ class Parties:
 
 
 class Replay:
-    def __init__(self, plan: Plan, gateways: Gateways, speedup: float, connections: int) -> None:
+    def __init__(
+        self, plan: Plan, gateways: Gateways, speedup: float, connections: int, faults: list[Fault]
+    ) -> None:
         self.plan = plan
+        self.faults = faults
         self.gw = gateways
         self.bases = gateways.bases
         self.speedup = speedup
@@ -381,6 +513,11 @@ class Replay:
         self.latency: dict[str, list[float]] = collections.defaultdict(list)
         self.errors: list[tuple[str, str]] = []
         self.retries: collections.Counter[str] = collections.Counter()
+        self.failures: list[tuple[float, str, str]] = []  # (monotonic time, operation, what failed)
+        self.resends: collections.Counter[str] = collections.Counter()  # answered after a lost reply
+        self.resend_conflicts: collections.Counter[str] = collections.Counter()
+        self.sftp_spans: list[tuple[float, float]] = []  # monotonic start and end of SFTP exchanges
+        self.recovered: list[float] = []  # when a request that a fault made fail was answered at last
         self.decisions: collections.Counter[str] = collections.Counter()
         self.crossings: list[tuple[str, float]] = []
         self.arrived: collections.Counter[str] = collections.Counter()
@@ -413,11 +550,34 @@ class Replay:
     def error(self, op: str, detail: str) -> None:
         self.errors.append((op, detail))
 
+    def failed(self, op: str, kind: str) -> None:
+        """A request that a fault made fail for now (503, 429, a connection error, a kiosk SYSTEM_FAULT):
+        retried later; the times tell how long clients saw a fault."""
+        self.failures.append((time.monotonic(), op, kind))
+        self.retries[f"{op} {kind}"] += 1
+
     async def call(
-        self, op: str, method: str, path: str, key: str, expect: tuple[int, ...] = (200, 201), **kw: Any
+        self,
+        op: str,
+        method: str,
+        path: str,
+        key: str,
+        expect: tuple[int, ...] = (200, 201),
+        done_if: tuple[str, ...] = (),
+        **kw: Any,
     ) -> httpx.Response | None:
+        """One request, resent as a real client would: after 503 or 429 once ``Retry-After`` has passed,
+        after a connection error with a growing pause, to the next process, for RETRY_SECONDS at most.
+        A resend after a reply was lost (the request may have been done) is answered by the gateway's
+        idempotency (references, interchange references, content hashes); where the gateway answers a
+        conflict instead (``done_if``: e.g. ALREADY_BUNDLED for the bundle the lost attempt made), the
+        answer is taken as done and counted under ``resend_conflicts``."""
         headers = {"Authorization": f"Bearer {key}", **kw.pop("headers", {})}
-        for attempt in range(6):
+        deadline = time.monotonic() + RETRY_SECONDS
+        maybe_done = False  # an earlier attempt may have been done by the gateway
+        retried = False
+        pause = 0.2
+        while True:
             try:
                 # At most as many requests in flight as connections: httpcore's pool scans its whole
                 # queue on every request, which costs more CPU than the requests when thousands wait.
@@ -427,23 +587,38 @@ class Replay:
                     base = self.base()
                     r = await self.http[base].request(method, base + path, headers=headers, **kw)
             except httpx.TransportError as exc:
-                # Resending is what a partner does; every channel is idempotent (references, interchange
-                # control references, one live bundle per vehicle), so a resend creates nothing twice.
-                if attempt < 5:
-                    self.retries[f"{op} {type(exc).__name__}"] += 1
+                # Not connected: nothing was sent. Otherwise the request may have been done.
+                maybe_done = maybe_done or not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+                if time.monotonic() < deadline:
+                    self.failed(op, type(exc).__name__)
+                    retried = True
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, 5.0)
                     continue
                 self.error(op, f"{type(exc).__name__}: {exc}")
                 return None
-            self.latency[op].append(time.perf_counter() - started)
-            if r.status_code in (429, 503) and attempt < 5:
-                self.retries[op] += 1
+            if r.status_code in (429, 503) and time.monotonic() < deadline:
+                # 503: the database broke off the request; nothing was accepted unless it broke during
+                # the COMMIT itself, so the resend may find it done
+                maybe_done = maybe_done or r.status_code == 503
+                self.failed(op, str(r.status_code))
+                retried = True
                 await asyncio.sleep(float(r.headers.get("retry-after", "1")))
                 continue
+            self.latency[op].append(time.perf_counter() - started)  # of the answer, not of a 503
+            if retried:  # answered at last: when the fault ended for this client
+                self.recovered.append(time.monotonic())
+            if maybe_done and r.status_code == 409 and _codes(r) & set(done_if):
+                self.resend_conflicts[f"{op} {'/'.join(sorted(_codes(r)))}"] += 1
+                r.extensions["done_by_lost_attempt"] = True
+                return r
             if r.status_code not in expect:
                 self.error(op, f"{r.status_code} {r.text[:300]}")
                 return None
+            if maybe_done:
+                r.extensions["resent"] = True
+                self.resends[op] += 1
             return r
-        return None
 
     # -- set-up: parties over the API, as the officer
 
@@ -548,17 +723,42 @@ class Replay:
     async def _sftp(
         self, op: str, filer: int, data: bytes, use_xml: bool
     ) -> dict[str, tuple[str | None, str | None]]:
+        import paramiko
+
         name = f"f{next(self.serial):08d}.{'xml' if use_xml else 'edi'}"
         server = next(self.turn)
         started = time.perf_counter()
-        try:
-            replies = await asyncio.to_thread(
-                self._timed, "sftp", self.sftp[filer].exchange, server, name, data
-            )
-        except Exception as exc:
-            self.error(op, f"{type(exc).__name__}: {exc}")
-            return {}
+        deadline = time.monotonic() + RETRY_SECONDS
+        partner = self.sftp[filer]
+        resume = False
+        pause = 0.2
+        while True:
+            try:
+                if resume:
+                    await asyncio.to_thread(partner.reconnect, server)
+                replies = await asyncio.to_thread(
+                    self._timed, "sftp", partner.exchange, server, name, data, resume
+                )
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                # the connection died with the server's process: reconnect to its replacement and go on
+                # (a file it already has is not uploaded again; processing one twice would be harmless
+                # anyway: every action in it is idempotent)
+                if time.monotonic() < deadline and not isinstance(exc, TimeoutError):
+                    self.failed(op, type(exc).__name__)
+                    resume = True  # and a recovery once answered
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, 5.0)
+                    continue
+                self.error(op, f"{type(exc).__name__}: {exc}")
+                return {}
+            except Exception as exc:
+                self.error(op, f"{type(exc).__name__}: {exc}")
+                return {}
+            break
         self.latency[op].append(time.perf_counter() - started)
+        self.sftp_spans.append((time.monotonic() - (time.perf_counter() - started), time.monotonic()))
+        if resume:
+            self.recovered.append(time.monotonic())
         if "failed" in replies:
             self.error(op, f"{name} went to /failed: {replies.get('error.txt', b'')[:200]!r}")
             return {}
@@ -585,26 +785,43 @@ class Replay:
                 if record(c) is not None:
                     entry["Record"] = as_zeep(record(c))
                 entries.append(entry)
-        server = next(self.turn)
-        client = self.soap[(filer, server)]
         import requests
+        import zeep.exceptions
+        from lxml import etree
 
-        for attempt in range(3):
+        deadline = time.monotonic() + RETRY_SECONDS
+        pause = 0.2
+        retried = False
+        while True:
+            client = self.soap[(filer, next(self.turn))]
             try:
                 async with self.slots:
                     started = time.perf_counter()
                     call = client.service.SubmitCargoInformation
                     ack = await asyncio.to_thread(self._timed, "soap", call, entries)
-            except requests.ConnectionError as exc:  # a kept-alive connection the server closed: resend
-                if attempt < 2:
-                    self.retries[f"{op} {type(exc).__name__}"] += 1
+            except (requests.ConnectionError, zeep.exceptions.Fault) as exc:
+                # a connection the server closed, or died with; a fault UNAVAILABLE (503) or
+                # RATE_LIMITED (429): resend (every entry is idempotent by reference or content)
+                detail = getattr(exc, "detail", None)
+                text = str(exc) + (etree.tostring(detail).decode() if detail is not None else "")
+                transient = isinstance(exc, requests.ConnectionError) or any(
+                    code in text for code in ("UNAVAILABLE", "RATE_LIMITED")
+                )
+                if transient and time.monotonic() < deadline:
+                    kind = type(exc).__name__ if isinstance(exc, requests.ConnectionError) else "fault"
+                    self.failed(op, kind)
+                    retried = True
+                    await asyncio.sleep(pause if kind != "fault" else 5.0)
+                    pause = min(pause * 2, 5.0)
                     continue
-                self.error(op, f"{type(exc).__name__}: {str(exc)[:300]}")
+                self.error(op, f"{type(exc).__name__}: {text[:300]}")
                 return {}
             except Exception as exc:
                 self.error(op, f"{type(exc).__name__}: {str(exc)[:300]}")
                 return {}
             break
+        if retried:
+            self.recovered.append(time.monotonic())
         self.latency[op].append(time.perf_counter() - started)
         return {
             a.SubmitterReference: (a.Ccrn, None if a.result != "rejected" else str(a.Errors)[:200])
@@ -615,7 +832,7 @@ class Replay:
         """Run in a thread; its CPU is added to the client's CPU of that kind."""
         started = time.thread_time()
         try:
-            return work(*args) if kind == "sftp" else work(Consignment=args[0])
+            return work(*args) if kind in ("sftp", "call") else work(Consignment=args[0])
         finally:
             with self.cpu_lock:
                 self.thread_cpu[kind] += time.thread_time() - started
@@ -695,6 +912,7 @@ class Replay:
                 "POST",
                 "/api/v1/bundles",
                 driver_key,
+                done_if=("ALREADY_BUNDLED",),  # no idempotent resend: the bundle of the lost attempt
                 json={"vehicle": t.vehicle, "control_point": t.control_point, "ccrns": ccrns},
             )
             if r is None:
@@ -714,7 +932,10 @@ class Replay:
             body["empty"] = True
         if t.elock:
             body["elock_id"] = t.elock
-        for attempt in range(NOT_READY_RETRIES + 1):
+        attempt = 0
+        deadline = time.monotonic() + RETRY_SECONDS
+        faulted = False
+        while True:
             self.arrived[t.control_point] += 1
             done: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
             await self.queues[t.control_point].put((body, done))
@@ -722,9 +943,26 @@ class Replay:
             if answer is None:
                 return
             decision = answer["decision"]
-            self.decisions[" ".join([decision, *answer.get("reasons", [])])] += 1
+            reasons = answer.get("reasons", [])
+            if answer.get("resent") and reasons == ["NO_BUNDLE"]:
+                # the reply to a decision was lost and the resend finds the bundle gone: the lost
+                # attempt decided (released it, or opened an inspection the officer will release)
+                self.resend_conflicts["kiosk NO_BUNDLE"] += 1
+                for ccrn in ccrns:
+                    self.expected[ccrn] = "ARRIVED"
+                return
+            if reasons == ["SYSTEM_FAULT"] and time.monotonic() < deadline:
+                # the gateway failed closed (its database away): the lane tries again a second later
+                self.failed("kiosk", "NOT_READY SYSTEM_FAULT")
+                faulted = True
+                await asyncio.sleep(1.0)
+                continue
+            if faulted:
+                self.recovered.append(time.monotonic())
+            self.decisions[" ".join([decision, *reasons])] += 1
             if decision != "NOT_READY" or attempt == NOT_READY_RETRIES:
                 break
+            attempt += 1
             self.retries["kiosk NOT_READY " + ",".join(answer.get("reasons", []))] += 1
             await self.at(self.sim_now() + 300)
         if decision == "RELEASE":
@@ -763,7 +1001,7 @@ class Replay:
             body, done = item
             r = await self.call("kiosk", "POST", "/api/v1/kiosk/clearances", key, json={**body, "lane": lane})
             self.served[cp] += 1
-            done.set_result(r.json() if r is not None else None)
+            done.set_result(r.json() | {"resent": "resent" in r.extensions} if r is not None else None)
             await asyncio.sleep(DWELL / self.speedup)
 
     async def officer(self) -> None:
@@ -786,11 +1024,61 @@ class Replay:
                     "POST",
                     f"/api/v1/inspections/{case['inspection_id']}/release",
                     self.parties.officer,
+                    done_if=("INVALID_STATE",),  # released by the attempt whose reply was lost
                     json={"findings": "cargo as declared"},
                 )
+                if released is None:
+                    continue
                 waiting = self.inspections.pop(case["vehicle"], None)
-                if released is not None and waiting is not None:
+                if waiting is not None:
                     waiting.set_result(None)
+
+    async def injector(self, fault: Fault) -> None:
+        """One fault at its time; one at a time (a fault due while another is not over waits for it),
+        so that each failure a client sees belongs to one fault."""
+        await asyncio.sleep(max(0.0, self.t0 + fault.at * DAY / self.speedup - time.monotonic()))
+        async with self.one_fault:
+            await asyncio.to_thread(inject, fault, self.gw)
+        print(
+            f"# fault at {fault.started - self.t0:.1f} s of the replay: {fault.kind}, {fault.detail}; "
+            f"back after {fault.back - fault.started:.1f} s",
+            flush=True,
+        )
+
+    def fault_report(self) -> list[dict[str, Any]]:
+        """Per fault: when, how long clients saw failures (503, 429, connection errors, kiosk
+        SYSTEM_FAULT), and when the last of them was, i.e. the recovery as clients saw it."""
+        out = []
+        ordered = sorted(self.faults, key=lambda f: f.started)
+        for n, fault in enumerate(ordered):
+            end = ordered[n + 1].started if n + 1 < len(ordered) else float("inf")
+            seen = [(t, op, kind) for t, op, kind in self.failures if fault.started <= t < end]
+            kinds = collections.Counter(f"{op} {kind}" for _t, op, kind in seen)
+            # SFTP files uploaded before the fault ended and answered after it: how long they waited
+            spans = [b - a for a, b in self.sftp_spans if a <= fault.back and b >= fault.started]
+            answered = [t for t in self.recovered if fault.started <= t < end]
+            out.append(
+                {
+                    "kind": fault.kind,
+                    "detail": fault.detail,
+                    "at_s": fault.started - self.t0,
+                    "at_fraction": fault.at,
+                    "down_s": fault.back - fault.started,
+                    "failed_requests": len(seen),
+                    "first_failure_after_s": seen[0][0] - fault.started if seen else None,
+                    "last_failure_after_s": seen[-1][0] - fault.started if seen else None,
+                    "clients_saw_failures_for_s": seen[-1][0] - seen[0][0] if seen else 0.0,
+                    "failures": dict(kinds.most_common()),
+                    "last_retried_answered_after_s": answered[-1] - fault.started if answered else None,
+                    "sftp_exchanges_across": len(spans),
+                    "sftp_longest_across_s": max(spans, default=0.0),
+                    "failures_per_second_after": [
+                        sum(1 for t, _op, _kind in seen if k <= t - fault.started < k + 1)
+                        for k in range(int(seen[-1][0] - fault.started) + 1 if seen else 0)
+                    ],
+                }
+            )
+        return out
 
     async def sampler(self) -> None:
         step = 300.0
@@ -853,6 +1141,8 @@ class Replay:
                 for b in self.plan.batches
             ]
             tasks += [asyncio.create_task(self.officer()), asyncio.create_task(self.sampler())]
+            self.one_fault = asyncio.Lock()
+            tasks += [asyncio.create_task(self.injector(f)) for f in self.faults]
             await asyncio.gather(*tasks)
             elapsed = time.perf_counter() - started
             for cp in CONTROL_POINTS:
@@ -869,7 +1159,13 @@ class Replay:
             "elapsed_s": elapsed,
             "load_before": load0,
             "load_after": os.getloadavg(),
-            "cpu_s": {k: round(v - cpu0.get(k, 0.0), 1) for k, v in cpu1.items()}
+            "faults": self.fault_report(),
+            "cpu_s": {
+                k: round(v - cpu0.get(k, 0.0), 1)
+                for k, v in cpu1.items()
+                # a restarted server's processes are new: their CPU before the restart is gone
+                if not (k == "postgresql (all)" and any(f.kind == "postgresql" for f in self.faults))
+            }
             | {f"client {k} threads": round(v, 1) for k, v in self.thread_cpu.items()},
             "database": {k: v - db0.get(k, 0) for k, v in db1.items()},
         }
@@ -915,6 +1211,21 @@ def account(db_url: str, replay: Replay, plan: Plan) -> dict[str, Any]:
         "not_as_expected_count": len(wrong),
         "accounted_for": ok,
     }
+
+
+def keep_database(db_url: str) -> str:
+    """A copy of the replay's database (which is dropped on the way out), for EXPLAIN afterwards."""
+    from sqlalchemy import create_engine, make_url, text
+
+    url = make_url(db_url)
+    copy = f"{url.database}_kept"
+    engine = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{copy}" TEMPLATE "{url.database}"'))
+    finally:
+        engine.dispose()
+    return url.set(database=copy).render_as_string(hide_password=False)
 
 
 def percentiles(values: list[float]) -> tuple[float, float]:
@@ -986,12 +1297,51 @@ def main() -> int:
     parser.add_argument("--topology", choices=["auto", "serve", "worker"], default="auto")
     parser.add_argument("--connections", type=int, default=16, help="HTTP requests in flight at most")
     parser.add_argument("--out", default=str(ROOT / "bench" / "border_day"), help="PREFIX.json, PREFIX.png")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, mailboxes)")
+    parser.add_argument(
+        "--restart-postgresql-at",
+        type=float,
+        metavar="FRACTION",
+        help="stop the local PostgreSQL server at this fraction of the schedule and start it again "
+        "(pg_ctlcluster; every database of the server)",
+    )
+    parser.add_argument(
+        "--kill-serve-at",
+        type=float,
+        metavar="FRACTION",
+        help="SIGKILL serve0 at this fraction of the schedule; a replacement starts on its ports",
+    )
+    parser.add_argument(
+        "--kill-worker-at",
+        type=float,
+        metavar="FRACTION",
+        help="SIGKILL the worker at this fraction of the schedule; a replacement starts",
+    )
+    parser.add_argument(
+        "--fault-pause", type=float, default=3.0, help="seconds a killed process or the server stays down"
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the work directory (logs, mailboxes) and a copy of the database",
+    )
     args = parser.parse_args()
     # SIGTERM ends the run like Ctrl-C: the gateway processes are stopped and the database dropped.
     signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(143))
     speedup = args.speedup or 160 / args.scale
     topology = choose_topology(args.topology)
+    faults = [
+        Fault(kind, at, args.fault_pause)
+        for kind, at in (
+            ("postgresql", args.restart_postgresql_at),
+            ("serve", args.kill_serve_at),
+            ("worker", args.kill_worker_at),
+        )
+        if at is not None
+    ]
+    if any(f.kind == "postgresql" for f in faults) and args.sqlite:
+        parser.error("--restart-postgresql-at needs PostgreSQL")
+    if any(f.kind == "worker" for f in faults) and topology != "worker":
+        parser.error("--kill-worker-at needs the topology worker")
     plan = make_plan(args.seed, args.scale, datetime.now(HONG_KONG).date().isoformat())
     n_cons = len(plan.consignments)
     print(
@@ -1015,7 +1365,7 @@ def main() -> int:
                 started = time.perf_counter()
                 officer = gateways.start()
                 print(f"# processes up in {time.perf_counter() - started:.0f} s", flush=True)
-                replay = Replay(plan, gateways, speedup, args.connections)
+                replay = Replay(plan, gateways, speedup, args.connections, faults)
                 timing = asyncio.run(replay.run(officer))
                 dead = gateways.alive()
             finally:
@@ -1023,6 +1373,8 @@ def main() -> int:
                 gateways.stop()
                 print(f"# processes stopped in {time.perf_counter() - stopping:.0f} s", flush=True)
             books = account(db_url, replay, plan)
+            if args.keep and not args.sqlite:
+                print(f"# database kept: {keep_database(db_url)}")
         status = report(args, plan, replay, timing, books, speedup, topology, dead)
     finally:
         if args.keep:
@@ -1073,6 +1425,8 @@ def report(
         "errors": len(replay.errors),
         "error_samples": replay.errors[:30],
         "retries": dict(replay.retries),
+        "resends": dict(replay.resends),
+        "resend_conflicts": dict(replay.resend_conflicts),
         "decisions": dict(replay.decisions),
         "late_events": len(lag),
         "lag_p99_s": lag[int(len(lag) * 0.99)] if lag else 0.0,
@@ -1110,6 +1464,16 @@ def report(
             )[:8]
             listing = ", ".join(f"{table} {n / len(plan.trucks):.0f}" for n, table in top if n)
             print(f"rows {kind} per truck, by table (catalogs too): {listing}")
+        scans = timing["database"]
+        top = sorted(
+            ((v, k.split(" ", 1)[1]) for k, v in scans.items() if k.startswith("index ")), reverse=True
+        )
+        listing = ", ".join(
+            f"{name} {n / len(plan.trucks):.0f} ({n / max(1, scans.get('scans ' + name, 0)):.1f} a scan)"
+            for n, name in top[:6]
+            if n
+        )
+        print(f"index entries read per truck, by index: {listing}")
     print("| operation | n | per s | p50 ms | p99 ms | errors |")
     print("|---|---|---|---|---|---|")
     for op, n, per_s, p50, p99, errors in rows:
@@ -1117,6 +1481,28 @@ def report(
     print(f"decisions: {dict(replay.decisions)}")
     if replay.retries:
         print(f"retries: {dict(replay.retries)}")
+    if replay.resends or replay.resend_conflicts:
+        print(
+            f"resent after a lost reply or a 503 (the gateway may have done it), answered as the first "
+            f"time: {dict(replay.resends)}; answered with a conflict (the lost attempt had done it): "
+            f"{dict(replay.resend_conflicts)}"
+        )
+    for f in timing["faults"]:
+        if f["failed_requests"]:
+            seen = (
+                f"clients saw {f['failed_requests']} failed requests from {f['first_failure_after_s']:.1f} s "
+                f"to {f['last_failure_after_s']:.1f} s after it ({f['clients_saw_failures_for_s']:.1f} s): "
+                f"{f['failures']}"
+            )
+        else:
+            seen = "no client saw a failure"
+        print(
+            f"fault {f['kind']} at {f['at_s']:.1f} s of the replay ({f['at_fraction']:g} of the schedule): "
+            f"{f['detail']}; back after {f['down_s']:.1f} s; {seen}; the last request retried for it "
+            f"answered {_seconds(f['last_retried_answered_after_s'])} after it; failures per second after it "
+            f"{f['failures_per_second_after']}; {f['sftp_exchanges_across']} SFTP files in flight across "
+            f"it, the longest answered in {f['sftp_longest_across_s']:.1f} s"
+        )
     for op, detail in replay.errors[:10]:
         print(f"  error {op}: {detail}")
     print(
