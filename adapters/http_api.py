@@ -294,7 +294,7 @@ def _object(data: Any, allowed: set[str]) -> dict[str, Any]:
 async def create_bundle(request: Request) -> JSONResponse:
     def work(c: _Call) -> Any:
         body = _object(c.data, _BUNDLE_FIELDS)
-        return bundles.bundle(
+        return bundles.bundle_outcome(
             c.gw,
             c.actor,
             body.get("vehicle"),
@@ -304,7 +304,9 @@ async def create_bundle(request: Request) -> JSONResponse:
             expected_arrival=body.get("expected_arrival"),
         )
 
-    return JSONResponse(await _db(request, work, changes=True, json_body=True), status_code=201)
+    # The same request sent again (its answer lost) is answered 200 with the bundle it made.
+    view, created = await _db(request, work, changes=True, json_body=True)
+    return JSONResponse(view, status_code=201 if created else 200)
 
 
 @router.get("/bundles/{bundle_id}", summary="A bundle", responses=_ERROR_RESPONSES)

@@ -302,6 +302,46 @@ def bundle(
     expected_arrival: Any = None,
 ) -> dict[str, Any]:
     """Bundle CCRNs with a vehicle; returns the bundle with its earliest crossing and slot."""
+    view, _created = bundle_outcome(
+        gw, actor, vehicle, control_point, ccrns, driver=driver, expected_arrival=expected_arrival
+    )
+    return view
+
+
+def _resent(
+    conn: Connection,
+    rows: dict[str, Row[Any]],
+    wanted: Sequence[str],
+    problems: list[Problem],
+    how: dict[str, Any],
+) -> dict[str, Any] | None:
+    """The live bundle that this very request made before, when it is sent again (its answer was lost):
+    every CCRN in one live bundle of the same party, driver, vehicle and control point, with no other
+    CCRN and no other problem. Then the answer is that bundle, and nothing changes."""
+    if not problems or any(p.code != "ALREADY_BUNDLED" for p in problems):
+        return None
+    ids = {rows[c].bundle_id if c in rows else None for c in wanted}
+    if len(ids) != 1 or None in ids:
+        return None
+    row = conn.execute(select(_B).where(_B.c.bundle_id == ids.pop())).first()
+    if row is None or row.status != "LIVE" or any(getattr(row, k) != v for k, v in how.items()):
+        return None
+    members = _members(conn, row.bundle_id)
+    return _view(conn, row, members) if sorted(members) == sorted(wanted) else None
+
+
+def bundle_outcome(
+    gw: Gateway,
+    actor: Actor,
+    vehicle: Any,
+    control_point: Any,
+    ccrns: Any,
+    *,
+    driver: Any = None,
+    expected_arrival: Any = None,
+) -> tuple[dict[str, Any], bool]:
+    """``bundle``, and whether it created the bundle (False: the same request sent again, answered
+    with the bundle it made the first time)."""
     problems: list[Problem] = []
     driver_id = _check_bundler(actor, driver, problems)
     if not isinstance(vehicle, str) or vrn_problem(vehicle):
@@ -333,6 +373,16 @@ def bundle(
                 rows = _lock_consignments(conn, wanted)
                 direction = _check_consignments(gw, rows, wanted, None, control_point, problems)
                 if problems:
+                    how = {
+                        "vehicle": vrn,
+                        "control_point": control_point,
+                        "driver_id": driver_id,
+                        "created_by": actor.party_id,
+                        "expected_arrival": arrival,
+                    }
+                    again = _resent(conn, rows, wanted, problems, how)
+                    if again is not None:
+                        return again, False
                     raise GatewayError(problems)
                 now = gw.now()
                 earliest = _earliest(gw, rows, wanted, now)
@@ -386,7 +436,7 @@ def bundle(
                 )
                 conn.execute(_AUDITS, audits)
                 advance_notices.enqueue(conn, gw, row)  # Immigration's advance notice, in this transaction
-                return _view(conn, row, list(wanted))
+                return _view(conn, row, list(wanted)), True
         except IntegrityError:
             if not inserting:
                 raise

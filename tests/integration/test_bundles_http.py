@@ -53,6 +53,47 @@ def test_driver_bundles_unbundles_and_the_filer_sees_the_vehicle(client, party):
     )
 
 
+def test_a_bundle_request_sent_again_gets_the_same_bundle_and_changes_nothing(client, party):
+    """A driver whose answer was lost sends the same request again: 200 with the bundle made the first
+    time, not ALREADY_BUNDLED about its own bundle; any other request for those CCRNs is still refused."""
+    _f, filer_key = party.add(name="Forwarder")
+    _d, driver_key = party.add(role="driver", name="Driver")
+    _o, other_key = party.add(role="driver", name="Relief driver")
+    ccrns = [
+        client.post(
+            "/api/v1/consignments", json=record(submitter_reference=f"R{i}"), headers=bearer(filer_key)
+        ).json()["ccrn"]
+        for i in range(3)
+    ]
+    body = {
+        "vehicle": "ab 1234",
+        "control_point": "LMC",
+        "ccrns": ccrns[:2],
+        "expected_arrival": "2026-12-01T12:00:00+08:00",
+    }
+    first = client.post("/api/v1/bundles", json=body, headers=bearer(driver_key))
+    assert first.status_code == 201, first.text
+    again = client.post("/api/v1/bundles", json={**body, "ccrns": ccrns[1::-1]}, headers=bearer(driver_key))
+    assert again.status_code == 200, again.text
+    assert again.json() == first.json()
+    seen = client.get(f"/api/v1/consignments/{ccrns[0]}", headers=bearer(filer_key)).json()
+    assert (seen["status"], seen["status_version"]) == ("BUNDLED", 2)
+
+    refused = [
+        (driver_key, {**body, "ccrns": ccrns}),  # one more CCRN
+        (driver_key, {**body, "ccrns": ccrns[:1]}),  # one fewer
+        (driver_key, {**body, "control_point": "SBC"}),
+        (driver_key, {**body, "expected_arrival": "2026-12-01T13:00:00+08:00"}),
+        (other_key, body),  # another driver
+    ]
+    for key, changed in refused:
+        r = client.post("/api/v1/bundles", json=changed, headers=bearer(key))
+        assert r.status_code in (409, 422), (changed, r.text)
+        assert r.json()["errors"][0]["code"] in ("ALREADY_BUNDLED", "BUNDLE_MISMATCH"), r.text
+    live = client.get(f"/api/v1/bundles/{first.json()['bundle_id']}", headers=bearer(driver_key)).json()
+    assert live == first.json()
+
+
 @pytest.mark.parametrize(
     ("body", "status", "expected"),
     [
