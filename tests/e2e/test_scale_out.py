@@ -277,8 +277,11 @@ def test_ccrns_unique_and_bundling_exact_across_processes(cluster: Cluster) -> N
     )
     assert sorted(a.status_code for a in answers) == [201] + [409] * 9, [a.text for a in answers]
 
-    # Slots at STK hold two bundles: twelve bundles at once fill six slots exactly.
+    # Slots at STK hold two bundles: twelve bundles at once fill six slots exactly. They are expected
+    # tomorrow morning, so that the day's remaining slots never decide it (late in the evening fewer
+    # than six are left today).
     stk = lodge_many(cluster, filer, 12, control_point="STK")
+    arrival = f"{tomorrow()}T10:00:00+08:00"
     more = [cluster.party("driver") for _ in range(2)]
     answers = spread(
         cluster,
@@ -288,7 +291,7 @@ def test_ccrns_unique_and_bundling_exact_across_processes(cluster: Cluster) -> N
                     url,
                     "/api/v1/bundles",
                     (drivers + more)[i]["api_key"],
-                    {"vehicle": f"STK{i}", "control_point": "STK", "ccrns": [c]},
+                    {"vehicle": f"STK{i}", "control_point": "STK", "ccrns": [c], "expected_arrival": arrival},
                 )
             )
             for i, c in enumerate(stk)
