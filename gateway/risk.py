@@ -726,6 +726,14 @@ def assess(
         driver=driver,
         used=fields_used(profiles),
     )
+    return _judge(conn, gw, profiles, found, trigger)
+
+
+def _judge(
+    conn: Connection, gw: Gateway, profiles: tuple[Profile, ...], found: Sequence[Subject], trigger: str
+) -> dict[str, Result]:
+    """Evaluate the subjects against the profiles and their targets, and record the results (replacing
+    an earlier profiling of the same version)."""
     if not found:
         return {}
     rules = _rules(conn, gw, profiles, [k for s in found for k in keys_of(s)])
@@ -755,10 +763,7 @@ def assess_held(
     drivers = dict.fromkeys(vehicles, driver)
     whens = dict.fromkeys(vehicles, crossing_at)
     found = _subjects(conn, gw, members, records, vehicles, drivers, whens, fields_used(profiles))
-    rules = _rules(conn, gw, profiles, [k for s in found for k in keys_of(s)])
-    results = [evaluate(s, rules) for s in found]
-    _store(conn, gw, results, trigger, fresh=False)
-    return {r.ccrn: r for r in results}
+    return _judge(conn, gw, profiles, found, trigger)
 
 
 def reprofile(conn: Connection, gw: Gateway, ccrns: Sequence[str], trigger: str) -> None:
