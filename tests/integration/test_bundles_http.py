@@ -17,15 +17,20 @@ def bearer(key):
     return {"Authorization": f"Bearer {key}"}
 
 
-def test_driver_bundles_unbundles_and_the_filer_sees_the_vehicle(client, party):
-    _f, filer_key = party.add(name="Forwarder")
-    _d, driver_key = party.add(role="driver", name="Driver")
-    ccrns = [
+def lodge(client, filer_key, n):
+    """CCRNs of ``n`` consignments lodged over the API (references R0, R1, ...)."""
+    return [
         client.post(
             "/api/v1/consignments", json=record(submitter_reference=f"R{i}"), headers=bearer(filer_key)
         ).json()["ccrn"]
-        for i in range(2)
+        for i in range(n)
     ]
+
+
+def test_driver_bundles_unbundles_and_the_filer_sees_the_vehicle(client, party):
+    _f, filer_key = party.add(name="Forwarder")
+    _d, driver_key = party.add(role="driver", name="Driver")
+    ccrns = lodge(client, filer_key, 2)
     r = client.post(
         "/api/v1/bundles",
         json={"vehicle": "ab 1234", "control_point": "LMC", "ccrns": ccrns},
@@ -59,12 +64,7 @@ def test_a_bundle_request_sent_again_gets_the_same_bundle_and_changes_nothing(cl
     _f, filer_key = party.add(name="Forwarder")
     _d, driver_key = party.add(role="driver", name="Driver")
     _o, other_key = party.add(role="driver", name="Relief driver")
-    ccrns = [
-        client.post(
-            "/api/v1/consignments", json=record(submitter_reference=f"R{i}"), headers=bearer(filer_key)
-        ).json()["ccrn"]
-        for i in range(3)
-    ]
+    ccrns = lodge(client, filer_key, 3)
     body = {
         "vehicle": "ab 1234",
         "control_point": "LMC",
