@@ -31,6 +31,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timedelta
+from datetime import time as time_of_day
 from pathlib import Path
 from typing import Any
 
@@ -64,14 +66,19 @@ from gateway.context import SYSTEM, Gateway  # noqa: E402
 
 def _prepare(
     url: str, bundles: int, clients: int
-) -> tuple[list[str], list[list[tuple[str, str, list[str]]]]]:
-    """Drivers' keys and, per client, its bundle requests (control point, vehicle, CCRNs)."""
+) -> tuple[list[str], list[list[tuple[str, str, list[str]]]], str]:
+    """Drivers' keys, per client its bundle requests (control point, vehicle, CCRNs), and the expected
+    arrival they all give."""
     engine = db.make_engine(url)
     db.upgrade(engine)
     gw = Gateway(engine, clock=Clock())
     forwarder = parties.add_party(gw, SYSTEM, "forwarder", "Bench Forwarder")
     actor = parties.authenticate(gw, forwarder.api_key, "http")
-    today = Clock().now().astimezone(HONG_KONG).date().isoformat()
+    local_now = Clock().now().astimezone(HONG_KONG)
+    today = local_now.date().isoformat()
+    # Every bundle asks for tomorrow morning's slots, so the run does not depend on the hour it is started
+    # at (late in the evening today's last slots would be full, or past).
+    arrival = datetime.combine(local_now.date() + timedelta(days=1), time_of_day(8), HONG_KONG).isoformat()
     rng = random.Random(42)
     plan: list[list[tuple[str, str, list[str]]]] = [[] for _ in range(clients)]
     keys = [parties.add_party(gw, SYSTEM, "driver", f"Driver {i}").api_key for i in range(clients)]
@@ -94,11 +101,15 @@ def _prepare(
         vehicle = vehicle_number(b)
         plan[b % clients].append((CONTROL_POINTS[b % len(CONTROL_POINTS)], vehicle, ccrns[b]))
     engine.dispose()
-    return keys, plan
+    return keys, plan, arrival
 
 
 async def _run(
-    ports: list[int], keys: list[str], plan: list[list[tuple[str, str, list[str]]]], rate: float | None
+    ports: list[int],
+    keys: list[str],
+    plan: list[list[tuple[str, str, list[str]]]],
+    arrival: str,
+    rate: float | None,
 ) -> dict[str, Any]:
     clients = await connect_all(ports, len(keys))
     try:
@@ -108,7 +119,14 @@ async def _run(
                 RawClient.build(
                     "POST",
                     "/api/v1/bundles",
-                    json.dumps({"vehicle": vehicle, "control_point": cp, "ccrns": ccrns}).encode(),
+                    json.dumps(
+                        {
+                            "vehicle": vehicle,
+                            "control_point": cp,
+                            "ccrns": ccrns,
+                            "expected_arrival": arrival,
+                        }
+                    ).encode(),
                     {"Authorization": f"Bearer {key}"},
                 )
                 for cp, vehicle, ccrns in requests
@@ -133,7 +151,7 @@ async def _run(
 def bench(
     label: str, url: str, bundles: int, clients: int, workdir: Path, processes: int, rate: float | None = None
 ) -> dict[str, Any]:
-    keys, plan = _prepare(url, bundles, clients)
+    keys, plan, arrival = _prepare(url, bundles, clients)
     # Every bundle sends Immigration an advance notice (through the outbox, in the background): the
     # simulator takes them, as Immigration would. Without it every notice would fail and be retried
     # throughout the run, which is not the work of a bundle.
@@ -157,7 +175,7 @@ def bench(
         procs, ports = start_gateways(label, processes, env, workdir)
         pids = [pid for proc in procs for pid in children(proc.pid)]
         before, sim_before = cpu_seconds(pids), cpu_seconds([sim.pid])
-        result: dict[str, Any] = run_async(lambda: _run(ports, keys, plan, rate))
+        result: dict[str, Any] = run_async(lambda: _run(ports, keys, plan, arrival, rate))
         result["server_cpu"] = cpu_seconds(pids) - before
         result["sim_cpu"] = cpu_seconds([sim.pid]) - sim_before
         result["load"] = load()
