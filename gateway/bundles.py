@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Connection, Row, Select, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from gateway import advance_notices, risk, slots, tables
@@ -25,6 +25,7 @@ from gateway.context import Actor, Gateway, audit, audit_values, iso_hk
 from gateway.errors import GatewayError, Problem
 from gateway.identifiers import ccrn_problem, normalise_vrn, vrn_problem
 from gateway.parties import require_active
+from gateway.prepared import Prepared
 from gateway.record import Crossing
 
 MAX_CCRNS = 99  # a truck's worth; more is a mistake, not a load
@@ -35,7 +36,7 @@ BUNDLERS = frozenset({"driver", "service_provider"})
 
 # Statements built once: building and cache-keying a Core statement for every execution cost more CPU
 # than SQLite's work on it (a bundle is on the clock: design section 6 asks 300 a second).
-_LOCK: Select[Any] = (  # the columns the rules read, not the whole row: each datetime read costs a conversion
+_LOCK = Prepared(  # the columns the rules read, not the whole row: each datetime read costs a conversion
     select(
         _C.c.ccrn,
         _C.c.status,
@@ -54,7 +55,7 @@ _LOCK: Select[Any] = (  # the columns the rules read, not the whole row: each da
 # transaction before. Conditions on status and bundle_id here let PostgreSQL's planner read the status
 # and bundle_id indexes, whose 'LODGED' and NULL keys hold an entry for every consignment of the day
 # that has not been vacuumed away yet: rows read per bundle grew with the day.
-_MOVE_IN = (
+_MOVE_IN = Prepared(
     update(_C)
     .where(_C.c.ccrn.in_(bindparam("ccrns", expanding=True)))
     .values(
@@ -69,10 +70,10 @@ _PUT_BACK = (
     .where(_I.c.bundle_id == bindparam("b_bundle"), _I.c.ccrn == bindparam("b_ccrn"))
     .values(position=bindparam("position"), added_at=bindparam("added_at"), removed_at=None)
 )
-_ADD_ITEM = insert(_I)
-_ADD_BUNDLE = insert(_B)
-_EVENTS = insert(tables.events)
-_AUDITS = insert(tables.audit_log)
+_ADD_ITEM = Prepared(insert(_I))
+_ADD_BUNDLE = Prepared(insert(_B))
+_EVENTS = Prepared(insert(tables.events))
+_AUDITS = Prepared(insert(tables.audit_log))
 _MEMBERS = (
     select(_I.c.ccrn)
     .where(_I.c.bundle_id == bindparam("bundle_id"), _I.c.removed_at.is_(None))
@@ -139,7 +140,7 @@ def _lock_consignments(conn: Connection, ccrns: Sequence[str]) -> dict[str, Row[
     # waits for the first and then sees the CCRN bundled.
     if not ccrns:
         return {}
-    return {r.ccrn: r for r in conn.execute(_LOCK, {"ccrns": sorted(ccrns)})}
+    return {r.ccrn: r for r in _LOCK.all(conn, {"ccrns": sorted(ccrns)})}
 
 
 def _check_consignments(
@@ -213,7 +214,7 @@ def _attach(
     unmovable = [c for c in ccrns if rows[c].status != "LODGED" or rows[c].bundle_id is not None]
     if unmovable:  # pragma: no cover - the row locks and the checks make this unreachable; a guard
         raise GatewayError.one("ALREADY_BUNDLED", "a consignment was bundled meanwhile", "ccrns")
-    conn.execute(_MOVE_IN, {"ccrns": list(ccrns), "into": bundle.bundle_id, "now": now})
+    _MOVE_IN.run(conn, {"ccrns": list(ccrns), "into": bundle.bundle_id, "now": now})
     first, back = 0, set()
     if not fresh:  # a CCRN taken off this bundle earlier may be put back on
         first = int(
@@ -240,10 +241,10 @@ def _attach(
         )
     new_items = [i for i in items if i["ccrn"] not in back]
     if new_items:
-        conn.execute(_ADD_ITEM, new_items)
+        _ADD_ITEM.run(conn, new_items)
     data = _event_data(bundle)
-    conn.execute(
-        _EVENTS,
+    _EVENTS.run(
+        conn,
         [
             {
                 "at": now,
@@ -277,8 +278,8 @@ def _event_data(bundle: Any) -> str:
 
 def _status_event(conn: Connection, gw: Gateway, kind: str, ccrn: str, bundle: Any) -> None:
     row = conn.execute(select(_C.c.status, _C.c.status_version).where(_C.c.ccrn == ccrn)).one()
-    conn.execute(
-        _EVENTS,
+    _EVENTS.run(
+        conn,
         {
             "at": gw.now(),
             "type": kind,
@@ -412,7 +413,7 @@ def bundle_outcome(
                 # No savepoint: a vehicle with a live bundle (or a bundle id drawn twice) fails the
                 # insert, the whole transaction rolls back, and the handler below tells which it was.
                 inserting = True
-                conn.execute(_ADD_BUNDLE, values)
+                _ADD_BUNDLE.run(conn, values)
                 inserting = False
                 row = SimpleNamespace(**values)
                 audits = _attach(conn, gw, actor, row, rows, wanted, fresh=True)
@@ -434,7 +435,7 @@ def bundle_outcome(
                 audits.append(
                     audit_values(gw, actor, "bundle.create", "bundle", bundle_id, None, _jsonable(values))
                 )
-                conn.execute(_AUDITS, audits)
+                _AUDITS.run(conn, audits)
                 advance_notices.enqueue(conn, gw, row)  # Immigration's advance notice, in this transaction
                 return _view(conn, row, list(wanted)), True
         except IntegrityError:
@@ -611,7 +612,7 @@ def add_ccrns(gw: Gateway, actor: Actor, bundle_id: str, ccrns: Any) -> dict[str
             raise GatewayError(problems)
         audits = _attach(conn, gw, actor, row, rows, new)
         if audits:
-            conn.execute(_AUDITS, audits)
+            _AUDITS.run(conn, audits)
         risk.reprofile(conn, gw, new, "BUNDLE")
         _reschedule(conn, gw, row, _earliest(gw, rows, new, gw.now()) if new else row.earliest_crossing)
         return _view(conn, conn.execute(select(_B).where(_B.c.bundle_id == row.bundle_id)).one())

@@ -27,6 +27,7 @@ from gateway.context import Actor, Gateway, audit, audit_values, iso_hk
 from gateway.errors import GatewayError, Problem
 from gateway.identifiers import normalise_vrn, vrn_problem
 from gateway.immigration import ClearanceQuery
+from gateway.prepared import Prepared
 
 log = logging.getLogger("roadcargo.clearance")
 
@@ -40,7 +41,7 @@ _K = tables.clearances
 _N = tables.inspections
 _X = tables.transhipments
 _CONTINGENCY = "contingency."
-_CLEARANCES = insert(_K)
+_CLEARANCES = Prepared(insert(_K))
 
 # The statements of a kiosk decision, built once: building and cache-keying a Core statement on every
 # execution cost more CPU than the database's work on it (design section 6 asks 500 decisions a second).
@@ -66,18 +67,20 @@ _MEMBER_COLUMNS = [
 ]
 # The vehicle's live bundle with the control point's contingency switch in the same statement (a
 # vehicle without a live bundle reads the switch on its own).
-_LIVE_BUNDLE_LOCKED = (
+_LIVE_BUNDLE_LOCKED = Prepared(
     select(*_BUNDLE_COLUMNS, _SETTING.scalar_subquery().label("contingency"))
     .where(_B.c.live_vehicle == bindparam("vehicle"))
     .with_for_update(of=_B)
 )
 # The first look, before Immigration is asked, also reads the asking kiosk's binding.
-_LIVE_BUNDLE = select(
-    *_BUNDLE_COLUMNS,
-    _SETTING.scalar_subquery().label("contingency"),
-    _BOUND.scalar_subquery().label("bound"),
-).where(_B.c.live_vehicle == bindparam("vehicle"))
-_MEMBERS = (
+_LIVE_BUNDLE = Prepared(
+    select(
+        *_BUNDLE_COLUMNS,
+        _SETTING.scalar_subquery().label("contingency"),
+        _BOUND.scalar_subquery().label("bound"),
+    ).where(_B.c.live_vehicle == bindparam("vehicle"))
+)
+_MEMBERS = Prepared(
     select(*_MEMBER_COLUMNS)
     .join(_I, (_I.c.ccrn == _C.c.ccrn) & (_I.c.bundle_id == bindparam("bundle_id")))
     .where(_I.c.removed_at.is_(None))
@@ -85,7 +88,7 @@ _MEMBERS = (
 )
 # Under lock the members come with their current records: a consignment version is never changed, so
 # the record read with the locked row is the one that decides.
-_MEMBERS_LOCKED = (
+_MEMBERS_LOCKED = Prepared(
     select(*_MEMBER_COLUMNS, _V.c.record)
     .join(_I, (_I.c.ccrn == _C.c.ccrn) & (_I.c.bundle_id == bindparam("bundle_id")))
     .join(_V, (_V.c.ccrn == _C.c.ccrn) & (_V.c.version == _C.c.version))
@@ -95,7 +98,7 @@ _MEMBERS_LOCKED = (
 )
 _OPEN_INSPECTION = select(_N).where(_N.c.bundle_id == bindparam("bundle_id"), _N.c.status == "OPEN")
 _TRANSHIPS = select(_X).where(_X.c.ccrn.in_(bindparam("ccrns", expanding=True)))
-_BUNDLE_CROSSED = (
+_BUNDLE_CROSSED = Prepared(
     update(_B)
     .where(_B.c.bundle_id == bindparam("key"))
     .values(status="CROSSED", live_vehicle=None, updated_at=bindparam("now"))
@@ -111,7 +114,7 @@ _MOVE = (
 _MOVE_TO = _MOVE.values(status=bindparam("to"))
 # Arrived and crossed in one decision: two status changes, each with its event and audit row, in one
 # UPDATE.
-_ARRIVE_AND_CROSS = (
+_ARRIVE_AND_CROSS = Prepared(
     update(_C)
     .where(_C.c.ccrn.in_(bindparam("ccrns", expanding=True)))
     .values(status="CROSSED", status_version=_C.c.status_version + 2, updated_at=bindparam("now"))
@@ -249,8 +252,8 @@ def _live_bundle(conn: Connection, req: KioskRequest, actor: Actor, lock: bool) 
     binding)."""
     params = {"vehicle": req.vehicle, "name": _CONTINGENCY + req.control_point}
     if lock:
-        return conn.execute(_LIVE_BUNDLE_LOCKED, params).first()
-    return conn.execute(_LIVE_BUNDLE, {**params, "party_id": actor.party_id}).first()
+        return _LIVE_BUNDLE_LOCKED.first(conn, params)
+    return _LIVE_BUNDLE.first(conn, {**params, "party_id": actor.party_id})
 
 
 def _plan(conn: Connection, gw: Gateway, req: KioskRequest, lock: bool, bundle: Any) -> Plan:
@@ -277,7 +280,7 @@ def _plan(conn: Connection, gw: Gateway, req: KioskRequest, lock: bool, bundle: 
     if bundle.control_point != req.control_point:
         plan.early = Verdict("NOT_READY", ["WRONG_CONTROL_POINT"])
         return plan
-    plan.members = list(conn.execute(_MEMBERS_LOCKED if lock else _MEMBERS, {"bundle_id": bundle.bundle_id}))
+    plan.members = (_MEMBERS_LOCKED if lock else _MEMBERS).all(conn, {"bundle_id": bundle.bundle_id})
     if not plan.members or any(m.status not in ("BUNDLED", "ARRIVED") for m in plan.members):
         plan.early = Verdict("NOT_READY", ["NO_BUNDLE"])
         return plan
@@ -530,8 +533,8 @@ def _record(
     answer: str | None,
     detail: dict[str, Any],
 ) -> int:
-    result = conn.execute(
-        _CLEARANCES,
+    return _CLEARANCES.insert(
+        conn,
         {
             "at": gw.now(),
             "control_point": req.control_point,
@@ -551,14 +554,13 @@ def _record(
             "detail": json.dumps(detail, default=str),
         },
     )
-    return int(result.inserted_primary_key[0])  # type: ignore[index]
 
 
 # -- status changes, events ---------------------------------------------------------------------------
 
 
-_EVENTS = insert(tables.events)
-_AUDITS = insert(tables.audit_log)
+_EVENTS = Prepared(insert(tables.events))
+_AUDITS = Prepared(insert(tables.audit_log))
 
 
 def event(
@@ -573,8 +575,8 @@ def event(
     data: dict[str, Any],
 ) -> None:
     """One row of the partner feed (the shape of ``consignments._event_values``); never any risk."""
-    conn.execute(
-        _EVENTS,
+    _EVENTS.run(
+        conn,
         {
             "at": gw.now(),
             "type": kind,
@@ -617,8 +619,8 @@ def move(
     events: list[dict[str, Any]] = []
     audits: list[dict[str, Any]] = []
     _transitions(gw, actor, ccrns, status, kind, data, vehicle, now, states, events, audits)
-    conn.execute(_EVENTS, events)
-    conn.execute(_AUDITS, audits)
+    _EVENTS.run(conn, events)
+    _AUDITS.run(conn, audits)
 
 
 def _transitions(
@@ -717,14 +719,14 @@ def _arrive_and_cross(conn: Connection, gw: Gateway, actor: Actor, req: KioskReq
     _transitions(
         gw, actor, ccrns, "CROSSED", "CROSSED", crossing, bundle.vehicle, now, states, events, audits
     )
-    conn.execute(_ARRIVE_AND_CROSS, {"ccrns": ccrns, "now": now})
-    conn.execute(_EVENTS, events)
-    conn.execute(_AUDITS, audits)
+    _ARRIVE_AND_CROSS.run(conn, {"ccrns": ccrns, "now": now})
+    _EVENTS.run(conn, events)
+    _AUDITS.run(conn, audits)
     for m in plan.members:
         leg = dict(plan.records[m.ccrn].get("transhipment") or {})
         if leg:  # the transhipment rules; nothing to do for other cargo
             transhipments.on_crossed(conn, gw, actor, m.ccrn, bundle.control_point, req.elock_id, False, leg)
-    conn.execute(_BUNDLE_CROSSED, {"key": bundle.bundle_id, "now": now})
+    _BUNDLE_CROSSED.run(conn, {"key": bundle.bundle_id, "now": now})
 
 
 def cross(
@@ -811,7 +813,7 @@ def open_inspection(
         }
         for ccrn in ccrns
     ]
-    conn.execute(_EVENTS, events)
+    _EVENTS.run(conn, events)
     return inspection_id
 
 

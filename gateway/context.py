@@ -19,6 +19,7 @@ from gateway import logs, tables
 from gateway.clock import HONG_KONG, Clock
 from gateway.config import Config
 from gateway.immigration import ImmigrationPort
+from gateway.prepared import Prepared
 
 ROLES = ("shipper", "forwarder", "service_provider", "driver", "kiosk", "officer", "agency")
 FILER_ROLES = frozenset({"shipper", "forwarder", "service_provider"})
@@ -98,14 +99,14 @@ def audit(
     before: Any = None,
     after: Any = None,
 ) -> None:
-    conn.execute(_AUDIT, audit_values(gw, actor, action, entity, entity_id, before, after))
+    _AUDIT.run(conn, audit_values(gw, actor, action, entity, entity_id, before, after))
 
 
-_AUDIT = insert(tables.audit_log)  # built once (a statement built per call costs more than its run)
+_AUDIT = Prepared(insert(tables.audit_log))  # built once (a statement built per call costs more than its run)
 
 
 RAW_CHUNK = 1 << 20  # bytes written to the store at a time by store_raw_stream
-_RAW = insert(tables.raw_messages)  # built once, for the one-INSERT path of small bodies
+_RAW = Prepared(insert(tables.raw_messages))  # built once, for the one-INSERT path of small bodies
 
 
 @dataclass(frozen=True)
@@ -153,9 +154,8 @@ def store_raw_stream(
         row = {**values, "sha256": digest.hexdigest(), "size": len(small), "body": small}
         with gw.engine.connect() as conn:
             conn.execution_options(isolation_level="AUTOCOMMIT")
-            (message_id,) = conn.execute(_RAW, row).inserted_primary_key or (None,)
-        assert message_id is not None
-        return StoredRaw(int(message_id), row["sha256"], len(small))
+            message_id = _RAW.insert(conn, row)
+        return StoredRaw(message_id, row["sha256"], len(small))
     with gw.engine.begin() as conn:
         if streamed and dialect == "sqlite":
             # Hashed first (a pass over the file or the bytes, no copy): the row is written once with
@@ -171,8 +171,9 @@ def store_raw_stream(
             result = conn.execute(
                 insert(table).values(**values, sha256=sha256, size=size, body=func.zeroblob(size))
             )
-            (message_id,) = result.inserted_primary_key or (None,)
-            assert message_id is not None
+            (streamed_id,) = result.inserted_primary_key or (None,)
+            assert streamed_id is not None
+            message_id = int(streamed_id)
             written, check = 0, hashlib.sha256()
             sqlite = conn.connection.driver_connection
             with sqlite.blobopen(table.name, "body", int(message_id)) as blob:  # type: ignore[union-attr]
@@ -215,9 +216,9 @@ def store_raw_stream(
             data = small if small is not None else b"".join(chunks)  # a dialect without streaming
             digest.update(data)
             size = len(data)
-            result = conn.execute(_RAW, {**values, "sha256": digest.hexdigest(), "size": size, "body": data})
-            (message_id,) = result.inserted_primary_key or (None,)
-            assert message_id is not None
+            message_id = _RAW.insert(
+                conn, {**values, "sha256": digest.hexdigest(), "size": size, "body": data}
+            )
     return StoredRaw(int(message_id), digest.hexdigest(), size)
 
 

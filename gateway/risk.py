@@ -39,6 +39,7 @@ from sqlalchemy.exc import IntegrityError
 from gateway import tables
 from gateway.context import Actor, Gateway
 from gateway.errors import GatewayError
+from gateway.prepared import Prepared
 from gateway.record import crossing_window
 
 OPERATORS = ("prefix", "in", "contains_any", "lt", "gt", "eq")
@@ -63,7 +64,7 @@ _O = tables.offences
 _C = tables.consignments
 _V = tables.consignment_versions
 _B = tables.bundles
-_RESULTS = insert(_R)
+_RESULTS = Prepared(insert(_R))
 
 
 def require_officer(actor: Actor) -> None:
@@ -421,14 +422,14 @@ def profile_of(row: Any) -> Profile:
     )
 
 
-_ACTIVE_PROFILES = (
+_ACTIVE_PROFILES = Prepared(
     select(_P.c.profile_id, _P.c.name, _P.c.version, _P.c.weight, _P.c.conditions)
     .where(_P.c.status == "ACTIVE")
     .order_by(_P.c.profile_id)
 )
 # Profiles as evaluated, by everything they are made of: read on every profiling, parsed once.
 _PARSED: dict[tuple[Any, ...], Profile] = {}
-_LIVE_TARGETS = (
+_LIVE_TARGETS = Prepared(
     select(_T.c.target_id, _T.c.kind, _T.c.value, _T.c.action, _T.c.profile_id, _T.c.reason)
     .where(
         _T.c.value.in_(bindparam("keys", expanding=True)),
@@ -441,7 +442,7 @@ _LIVE_TARGETS = (
 
 def active_profiles(conn: Connection) -> tuple[Profile, ...]:
     profiles = []
-    for row in conn.execute(_ACTIVE_PROFILES):
+    for row in _ACTIVE_PROFILES.all(conn):
         key = tuple(row)
         profile = _PARSED.get(key)
         if profile is None:
@@ -463,7 +464,7 @@ def _live_targets(conn: Connection, gw: Gateway, keys: Iterable[str]) -> tuple[T
     targets: list[Target] = []
     now = gw.now()
     for start in range(0, len(wanted), 500):
-        for r in conn.execute(_LIVE_TARGETS, {"keys": wanted[start : start + 500], "now": now}):
+        for r in _LIVE_TARGETS.all(conn, {"keys": wanted[start : start + 500], "now": now}):
             targets.append(Target(int(r.target_id), r.kind, r.value, r.action, r.profile_id, r.reason))
     return tuple(targets)
 
@@ -546,22 +547,22 @@ def _store(conn: Connection, gw: Gateway, results: Sequence[Result], trigger: st
     if not rows:
         return
     if fresh:
-        conn.execute(_RESULTS, rows)
+        _RESULTS.run(conn, rows)
         return
     # The latest profiling of a version replaces the one before: one upsert where the database has it.
     upsert = _UPSERTS.get(conn.dialect.name)
     if upsert is not None:
-        conn.execute(upsert, rows)
+        upsert.run(conn, rows)
         return
     pairs = [(r["ccrn"], r["version"]) for r in rows]
     conn.execute(delete(_R).where(tuple_(_R.c.ccrn, _R.c.version).in_(pairs)))
-    conn.execute(_RESULTS, rows)
+    _RESULTS.run(conn, rows)
 
 
 def _upsert(dialect_insert: Any) -> Any:
     statement = dialect_insert(_R)
     replaced = {c.name: statement.excluded[c.name] for c in _R.columns if not c.primary_key}
-    return statement.on_conflict_do_update(index_elements=[_R.c.ccrn, _R.c.version], set_=replaced)
+    return Prepared(statement.on_conflict_do_update(index_elements=[_R.c.ccrn, _R.c.version], set_=replaced))
 
 
 _UPSERTS = {"sqlite": _upsert(sqlite_insert), "postgresql": _upsert(postgresql_insert)}
@@ -627,7 +628,7 @@ def subjects(
     rows: list[Any] = []
     for start in range(0, len(ccrns), 500):
         chunk = list(ccrns[start : start + 500])
-        rows.extend(conn.execute(_SUBJECTS, {"ccrns": chunk}))
+        rows.extend(_SUBJECTS.all(conn, {"ccrns": chunk}))
     records = {r.ccrn: json.loads(r.record) for r in rows}
     vehicles = {r.ccrn: vehicle or r.vehicle or records[r.ccrn].get("vehicle_hint") for r in rows}
     drivers = {r.ccrn: driver or r.driver_id for r in rows}
@@ -678,7 +679,7 @@ def _subjects(
     ]
 
 
-_SUBJECTS = (
+_SUBJECTS = Prepared(
     select(
         _C.c.ccrn,
         _C.c.version,

@@ -19,9 +19,10 @@ from gateway import tables
 from gateway.clock import HONG_KONG
 from gateway.config import ControlPointConfig
 from gateway.errors import GatewayError
+from gateway.prepared import Prepared
 
 _S = tables.slot_bookings
-_TAKE = (  # built once: statement building costs more than the update itself
+_TAKE = Prepared(  # built once: statement building costs more than the update itself
     update(_S)
     .where(
         _S.c.control_point == bindparam("cp"),
@@ -30,11 +31,13 @@ _TAKE = (  # built once: statement building costs more than the update itself
     )
     .values(booked=_S.c.booked + 1)
 )
-_FULL = select(_S.c.slot_start).where(
-    _S.c.control_point == bindparam("cp"),
-    _S.c.slot_start >= bindparam("first"),
-    _S.c.slot_start <= bindparam("last"),
-    _S.c.booked >= bindparam("cap"),
+_FULL = Prepared(
+    select(_S.c.slot_start).where(
+        _S.c.control_point == bindparam("cp"),
+        _S.c.slot_start >= bindparam("first"),
+        _S.c.slot_start <= bindparam("last"),
+        _S.c.booked >= bindparam("cap"),
+    )
 )
 
 
@@ -66,7 +69,7 @@ def with_room(
         return []
     # one read skips the slots already full instead of one refused update each
     bounds = {"cp": code, "first": candidates[0][0], "last": candidates[-1][0], "cap": cp.slot_capacity}
-    full = set(conn.scalars(_FULL, bounds))
+    full = {row.slot_start for row in _FULL.all(conn, bounds)}
     return [(start, end) for start, end in candidates if start not in full]
 
 
@@ -93,7 +96,7 @@ def book(
 
 def _take(conn: Connection, code: str, start: datetime, capacity: int) -> bool:
     params = {"cp": code, "start": start, "cap": capacity}
-    if conn.execute(_TAKE, params).rowcount:
+    if _TAKE.run(conn, params):
         return True
     try:
         with conn.begin_nested():
@@ -102,7 +105,7 @@ def _take(conn: Connection, code: str, start: datetime, capacity: int) -> bool:
     except IntegrityError:
         # The slot's row exists: it was full above, or another bundler created it just now. Try once
         # more under the row's lock; what it says is final.
-        return bool(conn.execute(_TAKE, params).rowcount)
+        return bool(_TAKE.run(conn, params))
 
 
 def release(conn: Connection, code: str, start: datetime) -> None:

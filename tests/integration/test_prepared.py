@@ -1,0 +1,119 @@
+"""gateway.prepared runs hot statements on the driver's cursor: what it stores and reads must be exactly
+what SQLAlchemy's ``Connection.execute`` stores and reads, and its errors SQLAlchemy's, on both
+storages."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import bindparam, insert, select, text, update
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from gateway import tables
+from gateway.clock import HONG_KONG
+from gateway.context import Gateway
+from gateway.prepared import Prepared
+
+_E = tables.events
+_PARTIES = tables.parties
+_BY_CCRN = Prepared(
+    select(_E.c.cursor, _E.c.at, _E.c.ccrn, _E.c.vehicle, _E.c.status_version)
+    .where(_E.c.ccrn.in_(bindparam("ccrns", expanding=True)))
+    .order_by(_E.c.cursor)
+)
+_ADD_EVENT = Prepared(insert(_E))
+_ADD_PARTY = Prepared(insert(_PARTIES))
+_RENAME = Prepared(
+    update(_PARTIES).where(_PARTIES.c.party_id == bindparam("key")).values(name=bindparam("name"), status="X")
+)
+
+
+def _event(ccrn: str, at: datetime, vehicle: str | None = "AB1234") -> dict[str, object]:
+    return {
+        "at": at,
+        "type": "BUNDLED",
+        "ccrn": ccrn,
+        "vehicle": vehicle,
+        "status": "BUNDLED",
+        "status_version": 2,
+        "data": "{}",
+    }
+
+
+def test_rows_written_and_read_are_the_ones_sqlalchemy_writes_and_reads(gw: Gateway) -> None:
+    at = datetime(2026, 11, 26, 8, 30, 15, 123456, tzinfo=UTC)
+    local = at.astimezone(HONG_KONG)
+    with gw.engine.begin() as conn:
+        first = _ADD_EVENT.insert(conn, _event("C1", local))  # an aware time in any zone is stored as UTC
+        conn.execute(insert(_E), _event("C2", at, vehicle=None))  # the same through SQLAlchemy
+        _ADD_EVENT.run(conn, [_event("C3", at), _event("C4", at + timedelta(seconds=1))])
+    with gw.engine.connect() as conn:
+        ours = _BY_CCRN.all(conn, {"ccrns": ["C1", "C2", "C3", "C4"]})
+        theirs = conn.execute(_BY_CCRN.statement, {"ccrns": ["C1", "C2", "C3", "C4"]}).all()
+    assert [tuple(r) for r in ours] == [tuple(r) for r in theirs]
+    assert [r.ccrn for r in ours] == ["C1", "C2", "C3", "C4"]
+    assert ours[0].cursor == first
+    assert ours[0].at == at and ours[0].at.tzinfo is not None  # aware, UTC, microseconds kept
+    assert ours[1].vehicle is None
+    assert ours[3].at == at + timedelta(seconds=1)
+
+
+def test_in_lists_of_every_length_and_an_empty_one(gw: Gateway) -> None:
+    at = datetime(2026, 11, 26, tzinfo=UTC)
+    with gw.engine.begin() as conn:
+        _ADD_EVENT.run(conn, [_event(f"L{i}", at) for i in range(12)])
+    with gw.engine.connect() as conn:
+        for n in (1, 2, 3, 12):
+            wanted = [f"L{i}" for i in range(n)]
+            assert [r.ccrn for r in _BY_CCRN.all(conn, {"ccrns": wanted})] == wanted
+        assert _BY_CCRN.all(conn, {"ccrns": []}) == []
+        assert _BY_CCRN.first(conn, {"ccrns": ["nothing"]}) is None
+        assert _BY_CCRN.scalar(conn, {"ccrns": ["L5"]}) is not None
+
+
+def test_update_counts_rows_and_fills_in_the_statements_own_values(gw: Gateway) -> None:
+    now = datetime(2026, 11, 26, tzinfo=UTC)
+    with gw.engine.begin() as conn:
+        for key in ("P0000001", "P0000002"):
+            _ADD_PARTY.run(
+                conn, {"party_id": key, "role": "driver", "name": "A", "status": "ACTIVE", "created_at": now}
+            )
+        assert _RENAME.run(conn, {"key": "P0000001", "name": "Renamed"}) == 1
+        assert _RENAME.run(conn, {"key": "P9999999", "name": "Nobody"}) == 0
+    with gw.engine.connect() as conn:
+        row = conn.execute(select(_PARTIES).where(_PARTIES.c.party_id == "P0000001")).one()
+    assert (row.name, row.status, row.pin_failures) == ("Renamed", "X", 0)  # server default applied
+
+
+def test_a_missing_parameter_is_named() -> None:
+    with pytest.raises(KeyError, match="name"):
+        _RENAME._plan(sqlite.dialect(), {"key": "P1"}).values({"key": "P1"})
+
+
+def test_a_constraint_violation_is_sqlalchemys_integrity_error_and_rolls_back(gw: Gateway) -> None:
+    now = datetime(2026, 11, 26, tzinfo=UTC)
+    row = {"party_id": "P0000009", "role": "driver", "name": "A", "status": "ACTIVE", "created_at": now}
+    with gw.engine.begin() as conn:
+        _ADD_PARTY.run(conn, row)
+    with pytest.raises(IntegrityError), gw.engine.begin() as conn:
+        _RENAME.run(conn, {"key": "P0000009", "name": "Changed"})
+        _ADD_PARTY.run(conn, row)  # the same key again
+    with gw.engine.connect() as conn:
+        assert conn.scalar(select(_PARTIES.c.name).where(_PARTIES.c.party_id == "P0000009")) == "A"
+
+
+def test_a_lost_postgresql_connection_is_invalidated_and_the_next_one_works(gw: Gateway) -> None:
+    if gw.engine.dialect.name != "postgresql":
+        pytest.skip("a server connection to lose is PostgreSQL's")
+    with gw.engine.connect() as conn:
+        pid = conn.scalar(text("SELECT pg_backend_pid()"))
+        with gw.engine.connect() as other:
+            other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            other.commit()
+        with pytest.raises(DBAPIError) as caught:
+            _BY_CCRN.all(conn, {"ccrns": ["C1"]})
+        assert caught.value.connection_invalidated
+    with gw.engine.connect() as conn:  # the pool hands out a working connection again
+        assert _BY_CCRN.all(conn, {"ccrns": ["C1"]}) == []
