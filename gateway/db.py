@@ -104,6 +104,7 @@ def _sqlite_pragmas(engine: Engine) -> None:
     ``engine.begin()``; ``engine.connect()`` is for reading.
     """
     queue = threading.RLock()  # re-entrant: a nested writer fails on busy_timeout as before, not here
+    dbapi_errors = engine.dialect.loaded_dbapi.Error
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -117,7 +118,15 @@ def _sqlite_pragmas(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if getattr(_writing, "depth", 0) else "BEGIN")
+        statement = "BEGIN IMMEDIATE" if getattr(_writing, "depth", 0) else "BEGIN"
+        # On the driver's connection: SQLAlchemy's execution machinery for a statement without
+        # parameters or rows cost more than the BEGIN (a tenth of a kiosk decision's CPU). A failure
+        # (the database locked past busy_timeout, the disk gone) is raised as SQLAlchemy's exception.
+        dbapi = conn.connection.driver_connection
+        try:
+            dbapi.execute(statement)
+        except dbapi_errors as exc:
+            conn._handle_dbapi_exception(exc, statement, (), None, None)
 
     connect = engine.connect
 

@@ -4,14 +4,15 @@ storages."""
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import bindparam, insert, select, text, update
+from sqlalchemy import bindparam, event, insert, select, text, update
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from gateway import tables
+from gateway import db, tables
 from gateway.clock import HONG_KONG
 from gateway.context import Gateway
 from gateway.prepared import Prepared
@@ -117,3 +118,27 @@ def test_a_lost_postgresql_connection_is_invalidated_and_the_next_one_works(gw: 
         assert caught.value.connection_invalidated
     with gw.engine.connect() as conn:  # the pool hands out a working connection again
         assert _BY_CCRN.all(conn, {"ccrns": ["C1"]}) == []
+
+
+def test_a_sqlite_writer_kept_waiting_past_the_busy_timeout_gets_sqlalchemys_error(gw: Gateway) -> None:
+    """The BEGIN IMMEDIATE that gateway.db sends on the driver's connection: a database locked by
+    another process past busy_timeout is OperationalError (the HTTP edge's 503), not a driver error."""
+    if gw.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's write lock")
+    other = db.make_engine(gw.engine.url.render_as_string(hide_password=False))
+
+    @event.listens_for(other, "connect")
+    def _impatient(dbapi_connection: object, _record: object) -> None:
+        dbapi_connection.execute("PRAGMA busy_timeout=50")  # type: ignore[attr-defined]
+
+    holder = sqlite3.connect(gw.engine.url.database or "", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # another process holding the write lock
+        with pytest.raises(OperationalError, match="locked"), other.begin():
+            pass
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    with other.begin() as conn:  # once the lock is gone, writing works again
+        assert _RENAME.run(conn, {"key": "nobody", "name": "x"}) == 0
+    other.dispose()
