@@ -142,3 +142,15 @@ def test_a_sqlite_writer_kept_waiting_past_the_busy_timeout_gets_sqlalchemys_err
     with other.begin() as conn:  # once the lock is gone, writing works again
         assert _RENAME.run(conn, {"key": "nobody", "name": "x"}) == 0
     other.dispose()
+
+
+def test_many_rows_in_one_call_are_all_stored_in_order(gw: Gateway) -> None:
+    """Many rows at once (on PostgreSQL one INSERT with a VALUES list per 500 rows)."""
+    at = datetime(2026, 11, 26, tzinfo=UTC)
+    rows = [_event(f"M{i:04d}", at + timedelta(microseconds=i)) for i in range(1203)]
+    with gw.engine.begin() as conn:
+        assert _ADD_EVENT.run(conn, rows) == 1203
+        assert _ADD_EVENT.run(conn, []) == 0
+    with gw.engine.connect() as conn:
+        stored = conn.execute(select(_E.c.ccrn, _E.c.at).order_by(_E.c.cursor)).all()
+    assert [(r.ccrn, r.at) for r in stored] == [(r["ccrn"], r["at"]) for r in rows]
