@@ -1,28 +1,31 @@
 """The gateway's client of the Immigration clearance service (design section 9), called with zeep.
 
 :class:`ImmigrationClient` implements the core's ``ImmigrationPort`` (the kiosk's ``ClearDriver``
-question) and the advance-notice outbox's ``NoticeSink`` (``AdviseBundle``). The WSDL is read from
+question) and the advance-notice outbox's ``NoticeSink`` (``AdviseBundles``, several notices per request;
+``AdviseBundle`` one by one when the service offers no batch). The WSDL is read from
 ``[immigration] url`` + ``?wsdl`` on first use and kept; a failed load is tried again on the next call.
 Every HTTP exchange is bounded by ``[immigration] timeout_ms`` (zeep's ``Transport`` ``timeout`` for the
-WSDL and XSD, ``operation_timeout`` for the calls); the service address is the configured URL, not the
-one inside the WSDL, so a proxy in front of Immigration is honoured.
+WSDL and XSD; a whole SOAP exchange, connecting included, for the calls); the service address is the
+configured URL, not the one inside the WSDL, so a proxy in front of Immigration is honoured.
 
 ``clear`` never raises: no answer in time, a refused connection, a SOAP fault or a reply that is not one
 of ``CLEARED``, ``REFUSED``, ``REFER`` all give None, and the kiosk fails closed. ``advise`` raises on
-anything but an acknowledgement, and the outbox retries.
+anything but an acknowledgement; ``advise_all`` returns the notices not acknowledged, with why, and the
+outbox retries them.
 """
 
 from __future__ import annotations
 
 import functools
-import http.client
 import logging
 import os
+import re
 import select
 import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -34,10 +37,15 @@ log = logging.getLogger("roadcargo.immigration")
 
 BINDING = "{urn:roadcargo:immigration:1:soap}ImmigrationBinding"
 ANSWERS: frozenset[str] = frozenset({"CLEARED", "REFUSED", "REFER"})
+MAX_BATCH = 100  # AdviseBundles' maxOccurs in schemas/immigration.xsd
 
 
 class ImmigrationUnavailable(Exception):
     """Immigration could not be asked (WSDL not loaded, connection refused, timeout)."""
+
+
+class BadReply(ImmigrationUnavailable):
+    """Immigration's HTTP reply could not be read (not HTTP, a broken length or chunk, too long)."""
 
 
 class ImmigrationClient:
@@ -64,7 +72,7 @@ class ImmigrationClient:
         finally:
             self._lock.release()
 
-    def _build(self) -> Any:
+    def _build(self) -> _Operations:
         # Imported here: zeep (and requests, which it brings) is needed only once Immigration is asked.
         import requests
         import zeep
@@ -89,7 +97,7 @@ class ImmigrationClient:
         # The XSD is imported from the service itself, so external references stay allowed.
         settings = zeep.Settings(strict=True, forbid_dtd=True, forbid_entities=True)
         client = zeep.Client(f"{self.url}?wsdl", transport=transport, settings=settings)
-        return client.create_service(BINDING, self.url)
+        return _Operations(client.create_service(BINDING, self.url))
 
     def warm(self) -> bool:
         """Load the WSDL ahead of the first kiosk request; False (and a retry later) when it fails."""
@@ -105,8 +113,8 @@ class ImmigrationClient:
     def clear(self, query: ClearanceQuery) -> Answer | None:
         deadline = time.monotonic() + self.timeout
         try:
-            service = self._load(deadline)
-            reply = service.ClearDriver(
+            operations = self._load(deadline)
+            reply = operations.clear_driver(
                 TravelDocument=query.travel_document.strip(),
                 Vehicle=query.vehicle,
                 DriverParty=query.driver,
@@ -122,25 +130,129 @@ class ImmigrationClient:
             return None
         return cast(Answer, answer)
 
-    # -- the advance notice --------------------------------------------------------------------------
+    # -- advance notices -----------------------------------------------------------------------------
 
     def advise(self, notice: AdvanceNotice) -> None:
-        service = self._load(time.monotonic() + self.timeout)
-        reply = service.AdviseBundle(
-            NoticeId=notice.notice_id,
-            BundleId=notice.bundle_id,
-            Vehicle=notice.vehicle,
-            DriverParty=notice.driver,
-            ControlPoint=notice.control_point,
-            Direction=notice.direction,
-            SlotStart=notice.slot_start.astimezone(HONG_KONG),
-            SlotEnd=notice.slot_end.astimezone(HONG_KONG),
+        """One notice with ``AdviseBundle``; raises unless Immigration acknowledged it."""
+        operations = self._load(time.monotonic() + self.timeout)
+        problem = _unacknowledged(notice, operations.advise_bundle(**_fields(notice)))
+        if problem is not None:
+            raise ImmigrationUnavailable(problem)
+
+    def advise_all(self, notices: Sequence[AdvanceNotice]) -> dict[int, str]:
+        """Deliver notices, up to ``MAX_BATCH`` per ``AdviseBundles`` request; returns those not
+        acknowledged, by notice id, with why. A request that fails leaves every notice in it (and the
+        ones after it: Immigration just failed) unacknowledged; a notice refused on its own leaves only
+        itself. A request Immigration refuses as a whole (a ``soap:Client`` fault, such as one notice
+        its schema does not take) is sent again one notice at a time, so that one bad notice does not
+        hold up the others."""
+        from zeep.exceptions import Fault
+
+        failed: dict[int, str] = {}
+        error: str | None = None
+        try:
+            operations = self._load(time.monotonic() + self.timeout)
+        except Exception as exc:
+            operations, error = None, _describe(exc)
+        for start in range(0, len(notices), MAX_BATCH):
+            batch = notices[start : start + MAX_BATCH]
+            if error is None and operations is not None:
+                if operations.advise_bundles is None:  # a service without the batch operation
+                    error = self._one_by_one(batch, failed)
+                    continue
+                try:
+                    reply = operations.advise_bundles(Notice=[_fields(n) for n in batch])
+                except Fault as fault:
+                    if not str(fault.code or "").endswith("Client"):  # the service's own failure
+                        error = _describe(fault)
+                    elif len(batch) > 1:
+                        log.warning(
+                            "Immigration refused a batch of notices (%s): sending them one by one", fault
+                        )
+                        error = self._one_by_one(batch, failed)
+                        continue
+                    else:
+                        failed[batch[0].notice_id] = _describe(fault)
+                        continue
+                except Exception as exc:
+                    error = _describe(exc)
+                else:
+                    acknowledgements = _acknowledgements(reply)
+                    for notice in batch:
+                        problem = _unacknowledged(notice, acknowledgements.get(notice.notice_id))
+                        if problem is not None:
+                            failed[notice.notice_id] = problem
+                    continue
+            failed.update(dict.fromkeys((n.notice_id for n in batch), error or "not sent"))
+        return failed
+
+    def _one_by_one(self, notices: Sequence[AdvanceNotice], failed: dict[int, str]) -> str | None:
+        """``AdviseBundle`` per notice; the error that stopped the round (Immigration failed), if any."""
+        from zeep.exceptions import Fault
+
+        error: str | None = None
+        for notice in notices:
+            if error is not None:
+                failed[notice.notice_id] = error
+                continue
+            try:
+                self.advise(notice)
+            except Fault as fault:  # this notice alone is refused
+                failed[notice.notice_id] = _describe(fault)
+            except Exception as exc:
+                error = failed[notice.notice_id] = _describe(exc)
+        return error
+
+
+class _Operations:
+    """The service's operations, looked up once (zeep finds them by name on every attribute access)."""
+
+    def __init__(self, service: Any) -> None:
+        self.clear_driver = service.ClearDriver
+        self.advise_bundle = service.AdviseBundle
+        try:
+            self.advise_bundles: Any = service.AdviseBundles
+        except AttributeError:  # a WSDL from before the batch operation: notices go one by one
+            self.advise_bundles = None
+
+
+def _fields(notice: AdvanceNotice) -> dict[str, Any]:
+    return {
+        "NoticeId": notice.notice_id,
+        "BundleId": notice.bundle_id,
+        "Vehicle": notice.vehicle,
+        "DriverParty": notice.driver,
+        "ControlPoint": notice.control_point,
+        "Direction": notice.direction,
+        "SlotStart": notice.slot_start.astimezone(HONG_KONG),
+        "SlotEnd": notice.slot_end.astimezone(HONG_KONG),
+    }
+
+
+def _acknowledgements(reply: Any) -> dict[Any, Any]:
+    """AdviseBundlesResponse's acknowledgements by notice id (zeep gives the list itself when the
+    response holds nothing else)."""
+    items = reply if isinstance(reply, list) else getattr(reply, "Acknowledgement", None) or []
+    return {getattr(item, "NoticeId", None): item for item in items}
+
+
+def _unacknowledged(notice: AdvanceNotice, ack: Any) -> str | None:
+    """Why an acknowledgement does not acknowledge the notice; None when it does."""
+    if ack is None or getattr(ack, "NoticeId", None) != notice.notice_id:
+        return f"Immigration did not acknowledge notice {notice.notice_id}: {ack!r}"
+    if getattr(ack, "Accepted", None) is not True:
+        reason = getattr(ack, "Reason", None)
+        why = (
+            f"{getattr(reason, 'Code', '')}: {getattr(reason, 'Message', '')}"
+            if reason is not None
+            else "no reason"
         )
-        accepted = getattr(reply, "Accepted", None)
-        if accepted is not True or getattr(reply, "NoticeId", None) != notice.notice_id:
-            raise ImmigrationUnavailable(
-                f"Immigration did not acknowledge notice {notice.notice_id}: {reply!r}"
-            )
+        return f"Immigration refused notice {notice.notice_id} ({why})"
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 @functools.cache
@@ -150,27 +262,42 @@ def _keep_alive_class() -> Any:
     class KeepAliveTransport(Transport):
         """zeep's transport with its SOAP POSTs sent on kept-alive connections: request line, headers
         and body in one write (two writes, as ``http.client`` and urllib3 make them, cost a wake-up
-        of each side more) and the reply read by ``http.client``; a fraction of the CPU requests and
-        urllib3 spend per call at kiosk rates. The WSDL and XSD still load through the requests
-        session; an https URL or a proxy keeps zeep's own transport throughout."""
+        of each side more) and the reply read by :class:`_Connection` (``http.client`` parses headers
+        with the ``email`` package, most of its cost); a fraction of the CPU requests and urllib3 spend
+        per call at kiosk rates. The whole exchange, connecting included, is bounded by the timeout.
+        The WSDL and XSD still load through the requests session; an https URL or a proxy keeps zeep's
+        own transport throughout."""
 
         def __init__(self, session: Any, timeout: float, pool_size: int) -> None:
             super().__init__(session=session, timeout=timeout, operation_timeout=timeout)
             self._pool_size = pool_size
             self._idle: deque[_Connection] = deque()
+            self._targets: dict[str, tuple[bytes, str, str, int]] = {}
 
         def post(self, address: str, message: bytes, headers: dict[str, str]) -> _Reply:
-            url = urlsplit(address)
-            path = f"{url.path or '/'}?{url.query}" if url.query else url.path or "/"
-            lines = [f"POST {path} HTTP/1.1", f"Host: {url.netloc}", f"Content-Length: {len(message)}"]
+            deadline = time.monotonic() + self.operation_timeout
+            target = self._targets.get(address)
+            if target is None:  # one service address: split and checked once
+                url = urlsplit(address)
+                path = f"{url.path or '/'}?{url.query}" if url.query else url.path or "/"
+                _check_header(f"{path}{url.netloc}")
+                line = f"POST {path} HTTP/1.1\r\nHost: {url.netloc}\r\n"
+                target = self._targets[address] = (
+                    line.encode("latin-1"),
+                    url.netloc,
+                    url.hostname or "",
+                    url.port or 80,
+                )
+            request_line, netloc, host, port = target
+            lines = [f"Content-Length: {len(message)}\r\n"]
             for name, value in headers.items():
-                if any(c in f"{name}{value}" for c in "\r\n\0"):
-                    raise ValueError(f"invalid HTTP header {name!r}")
-                lines.append(f"{name}: {value}")
-            request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + message
-            conn = self._connection(url.netloc, url.hostname or "", url.port or 80)
+                _check_header(f"{name}{value}")
+                lines.append(f"{name}: {value}\r\n")
+            lines.append("\r\n")
+            request = request_line + "".join(lines).encode("latin-1") + message
+            conn = self._connection(netloc, host, port, deadline)
             try:
-                reply, keep = conn.exchange(request)
+                reply, keep = conn.exchange(request, deadline)
             except BaseException:
                 conn.close()
                 raise
@@ -180,12 +307,12 @@ def _keep_alive_class() -> Any:
                 conn.close()
             return reply
 
-        def _connection(self, netloc: str, host: str, port: int) -> _Connection:
+        def _connection(self, netloc: str, host: str, port: int, deadline: float) -> _Connection:
             while True:
                 try:
                     conn = self._idle.pop()
                 except IndexError:
-                    return _Connection(netloc, host, port, self.operation_timeout)
+                    return _Connection(netloc, host, port, _remaining(deadline))
                 if conn.netloc == netloc and not conn.dropped():
                     return conn
                 conn.close()
@@ -197,45 +324,184 @@ def _keep_alive_transport(session: Any, timeout: float, pool_size: int) -> Any:
     return _keep_alive_class()(session, timeout, pool_size)
 
 
+def _check_header(text: str) -> None:
+    if "\r" in text or "\n" in text or "\0" in text:
+        raise ValueError(f"invalid HTTP header or address {text!r}")
+
+
+def _remaining(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("Immigration did not answer in time")
+    return left
+
+
+class _Headers(dict[str, str]):
+    """Reply headers by lower-case name; ``get`` is what zeep asks (for ``Content-Type``)."""
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return super().get(name.lower(), default)
+
+    def __getitem__(self, name: str) -> str:
+        return super().__getitem__(name.lower())
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and super().__contains__(name.lower())
+
+
 class _Reply:
     """What zeep reads of an HTTP response: status, body and headers."""
 
     encoding = None
 
-    def __init__(self, status_code: int, content: bytes, headers: Any) -> None:
+    def __init__(self, status_code: int, content: bytes, headers: _Headers) -> None:
         self.status_code = status_code
         self.content = content
         self.headers = headers
 
 
+MAX_HEAD = 65536  # status line and headers
+MAX_REPLY = 16 * 1024 * 1024  # an acknowledgement of 100 notices is a few kilobytes
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,8}")
+
+
 class _Connection:
-    """One kept-alive HTTP/1.1 connection; every socket operation is bounded by ``timeout``."""
+    """One kept-alive HTTP/1.1 connection of the SOAP calls. A reply is read to its end as its
+    headers say (``Content-Length``, ``Transfer-Encoding: chunked``, or until the server closes);
+    the connection is kept only when the server keeps it (HTTP/1.1 without ``Connection: close``,
+    or HTTP/1.0 with ``keep-alive``) and the reply ended cleanly. Every read is bounded by the
+    deadline of the exchange."""
 
     def __init__(self, netloc: str, host: str, port: int, timeout: float) -> None:
         self.netloc = netloc
         self.sock = socket.create_connection((host, port), timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._poller = select.poll()
+        self._poller.register(self.sock, select.POLLIN)
+        self._buffer = b""
+        self._deadline = 0.0
 
-    def exchange(self, request: bytes) -> tuple[_Reply, bool]:
+    def exchange(self, request: bytes, deadline: float) -> tuple[_Reply, bool]:
         """Send a request, read the whole reply; also whether the connection may carry another."""
+        self._deadline = deadline
+        self._buffer = b""
+        self.sock.settimeout(_remaining(deadline))
         self.sock.sendall(request)
-        response = http.client.HTTPResponse(self.sock, method="POST")
-        try:
-            response.begin()
-            content = response.read()
-        finally:
-            response.close()
-        return _Reply(response.status, content, response.msg), not response.will_close
+        while True:
+            version, status, headers = self._head()
+            if not 100 <= status < 200:
+                break  # an interim 1xx reply (100 Continue, 103 Early Hints) is followed by the real one
+        tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
+        keep = "close" not in tokens if version == "HTTP/1.1" else "keep-alive" in tokens
+        coding = headers.get("transfer-encoding")
+        length = headers.get("content-length")
+        if status in (204, 304):
+            content = b""
+        elif coding is not None:
+            if coding.rsplit(",", 1)[-1].strip().lower() != "chunked":
+                raise BadReply(f"Immigration sent a reply in an unknown transfer coding: {coding}")
+            content = self._chunked()
+        elif length is not None:
+            values = {v.strip() for v in length.split(",")}  # repeated headers are joined with ", "
+            if len(values) != 1 or not (value := values.pop()).isdigit() or int(value) > MAX_REPLY:
+                raise BadReply(f"Immigration sent a reply with a bad Content-Length: {length!r}")
+            content = self._exactly(int(value))
+        else:  # no length: the reply ends when the server closes the connection
+            content, keep = self._until_close(), False
+        return _Reply(status, content, headers), keep and not self._buffer
+
+    def _head(self) -> tuple[str, int, _Headers]:
+        head = self._line_block()
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ", 2)
+        if len(parts) < 2 or parts[0] not in ("HTTP/1.1", "HTTP/1.0") or not parts[1].isdigit():
+            raise BadReply(f"Immigration did not answer in HTTP: {lines[0][:80]!r}")
+        headers = _Headers()
+        name = ""
+        for line in lines[1:]:
+            if line[:1] in (" ", "\t") and name:  # an obsolete folded line continues the previous one
+                headers[name] = f"{headers[name]} {line.strip()}"
+                continue
+            name, colon, value = line.partition(":")
+            name = name.strip().lower()
+            if not colon or not name:
+                raise BadReply(f"Immigration sent a malformed header line: {line[:80]!r}")
+            value = value.strip()
+            known = dict.get(headers, name)
+            headers[name] = value if known is None else f"{known}, {value}"
+        return parts[0], int(parts[1]), headers
+
+    def _line_block(self) -> bytes:
+        """The status line and headers, up to the blank line that ends them."""
+        while (end := self._buffer.find(b"\r\n\r\n")) < 0:
+            if len(self._buffer) > MAX_HEAD:
+                raise BadReply("Immigration sent more header than the gateway reads")
+            self._receive()
+        head, self._buffer = self._buffer[:end], self._buffer[end + 4 :]
+        return head
+
+    def _line(self) -> bytes:
+        while (end := self._buffer.find(b"\r\n")) < 0:
+            if len(self._buffer) > MAX_HEAD:
+                raise BadReply("Immigration sent an overlong line in a chunked reply")
+            self._receive()
+        line, self._buffer = self._buffer[:end], self._buffer[end + 2 :]
+        return line
+
+    def _exactly(self, size: int) -> bytes:
+        while len(self._buffer) < size:
+            self._receive()
+        data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
+
+    def _chunked(self) -> bytes:
+        parts: list[bytes] = []
+        total = 0
+        while True:
+            size_field = self._line().split(b";", 1)[0].strip()  # chunk extensions are ignored
+            if not _CHUNK_SIZE.fullmatch(size_field):
+                raise BadReply(f"Immigration sent a bad chunk size: {size_field[:20]!r}")
+            size = int(size_field, 16)
+            if size == 0:
+                break
+            total += size
+            if total > MAX_REPLY:
+                raise BadReply("Immigration sent a longer reply than the gateway reads")
+            parts.append(self._exactly(size))
+            if self._exactly(2) != b"\r\n":
+                raise BadReply("Immigration sent a chunk longer than its size")
+        while self._line():  # trailer fields, up to the blank line that ends the reply
+            pass
+        return b"".join(parts)
+
+    def _until_close(self) -> bytes:
+        while True:
+            if len(self._buffer) > MAX_REPLY:
+                raise BadReply("Immigration sent a longer reply than the gateway reads")
+            try:
+                self._receive()
+            except _Closed:
+                data, self._buffer = self._buffer, b""
+                return data
+
+    def _receive(self) -> None:
+        self.sock.settimeout(_remaining(self._deadline))
+        data = self.sock.recv(65536)
+        if not data:
+            raise _Closed("Immigration closed the connection before its reply was complete")
+        self._buffer += data
 
     def dropped(self) -> bool:
         """An idle connection that the server has closed (or written to) cannot carry a request:
         the same check urllib3 makes before reusing one."""
         try:
-            poller = select.poll()
-            poller.register(self.sock, select.POLLIN)
-            return bool(poller.poll(0))
+            return bool(self._poller.poll(0))
         except (OSError, ValueError):
             return True
 
     def close(self) -> None:
         self.sock.close()
+
+
+class _Closed(ConnectionResetError):
+    """The server closed the connection (an idle one it dropped, or mid-reply)."""

@@ -11,9 +11,12 @@ lines and ``#`` comments ignored; compared without surrounding spaces, upper cas
 otherwise a number starting with ``R`` is ``REFER``; anything else ``CLEARED``. ``--delay-ms`` delays
 every SOAP answer (not the WSDL), to play a slow Immigration.
 
-``AdviseBundle`` notices are logged and kept in memory, once per ``NoticeId`` (a notice delivered again
-is acknowledged as a duplicate); ``GET /immigration/notices`` lists them as JSON with the number of
-deliveries received, so tests and demos can check that every notice arrived exactly once.
+``AdviseBundle`` (one notice) and ``AdviseBundles`` (up to 100, one acknowledgement each) notices are
+logged and kept in memory, once per ``NoticeId`` (a notice delivered again, in another request or the
+same one, is acknowledged as a duplicate); ``GET /immigration/notices`` lists them as JSON with the
+number of deliveries received, so tests and demos can check that every notice arrived exactly once. A
+notice whose slot does not end after it starts is refused on its own (``Accepted`` false with a
+``Reason``) and not recorded: the others of its request are.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from gateway.errors import GatewayError
 log = logging.getLogger("roadcargo.immigration_sim")
 
 NS = "urn:roadcargo:immigration:1"
-MAX_BODY = 65536  # a clearance question is a few hundred bytes
+MAX_BODY = 262144  # a clearance question is a few hundred bytes; 100 notices about 50 KB
 _XS = "http://www.w3.org/2001/XMLSchema"
 _WSDL_SOAP = "http://schemas.xmlsoap.org/wsdl/soap/"
 _SOAP_XML = "text/xml; charset=utf-8"
@@ -97,6 +100,20 @@ class ImmigrationSimulator:
         if number.startswith("R"):
             return "REFER"
         return "CLEARED"
+
+    @staticmethod
+    def refusal(notice: dict[str, Any]) -> str | None:
+        """Why a notice is refused on its own (None: it is not): a check the schema cannot make."""
+        try:
+            start = datetime.fromisoformat(notice["slot_start"])
+            end = datetime.fromisoformat(notice["slot_end"])
+        except ValueError:  # valid xs:dateTime that Python does not read (a year beyond 9999, ...)
+            return "the slot's times could not be read"
+        if (start.tzinfo is None) != (end.tzinfo is None):
+            return "the slot's start and end must both give their time zone, or neither"
+        if end <= start:
+            return "the slot must end after it starts"
+        return None
 
     def advise(self, notice: dict[str, Any]) -> bool:
         """Record a notice; True when it had been received before (a retry)."""
@@ -172,6 +189,44 @@ def _text(element: etree._Element, name: str) -> str:
     return (element.findtext(q(name)) or "").strip()
 
 
+_NOTICE_FIELDS = {
+    q("NoticeId"): "notice_id",
+    q("BundleId"): "bundle_id",
+    q("Vehicle"): "vehicle",
+    q("DriverParty"): "driver_party",
+    q("ControlPoint"): "control_point",
+    q("Direction"): "direction",
+    q("SlotStart"): "slot_start",
+    q("SlotEnd"): "slot_end",
+}
+
+
+def _notice(element: etree._Element) -> dict[str, Any]:
+    """An AdviseBundle or AdviseBundles/Notice element (already valid) as the notice kept."""
+    # One pass over the children: a batch has up to 100 notices of eight fields each.
+    notice: dict[str, Any] = {
+        _NOTICE_FIELDS[child.tag]: (child.text or "").strip()
+        for child in element
+        if child.tag in _NOTICE_FIELDS
+    }
+    notice["notice_id"] = int(notice["notice_id"])
+    return notice
+
+
+def _acknowledge(sim: ImmigrationSimulator, notice: dict[str, Any], ack: etree._Element) -> None:
+    """Record one notice (unless refused) and fill its acknowledgement element."""
+    refusal = sim.refusal(notice)
+    duplicate = False if refusal else sim.advise(notice)
+    etree.SubElement(ack, q("NoticeId")).text = str(notice["notice_id"])
+    etree.SubElement(ack, q("Accepted")).text = "false" if refusal else "true"
+    etree.SubElement(ack, q("Duplicate")).text = "true" if duplicate else "false"
+    if refusal:
+        log.info("advance notice %s refused: %s", notice["notice_id"], refusal)
+        reason = etree.SubElement(ack, q("Reason"))
+        etree.SubElement(reason, q("Code")).text = "INVALID_VALUE"
+        etree.SubElement(reason, q("Message")).text = refusal
+
+
 @cache
 def _clearance_reply(answer: str) -> bytes:
     """The envelope of one of the three answers, built once each."""
@@ -186,23 +241,17 @@ def handle(sim: ImmigrationSimulator, body: bytes) -> bytes:
     if request.tag == q("ClearDriver"):
         return _clearance_reply(sim.answer(_text(request, "TravelDocument")))
     if request.tag == q("AdviseBundle"):
-        notice = {
-            "notice_id": int(_text(request, "NoticeId")),
-            "bundle_id": _text(request, "BundleId"),
-            "vehicle": _text(request, "Vehicle"),
-            "driver_party": _text(request, "DriverParty"),
-            "control_point": _text(request, "ControlPoint"),
-            "direction": _text(request, "Direction"),
-            "slot_start": _text(request, "SlotStart"),
-            "slot_end": _text(request, "SlotEnd"),
-        }
-        duplicate = sim.advise(notice)
         response = etree.Element(q("AdviseBundleResponse"), nsmap={"imm": NS})
-        etree.SubElement(response, q("NoticeId")).text = str(notice["notice_id"])
-        etree.SubElement(response, q("Accepted")).text = "true"
-        etree.SubElement(response, q("Duplicate")).text = "true" if duplicate else "false"
+        _acknowledge(sim, _notice(request), response)
         return soap.envelope(response)
-    raise _Fault("INVALID_VALUE", f"unknown request {request.tag}: ClearDriver or AdviseBundle of {NS}")
+    if request.tag == q("AdviseBundles"):
+        response = etree.Element(q("AdviseBundlesResponse"), nsmap={"imm": NS})
+        for element in request.iterchildren(q("Notice")):  # valid: 1 to 100 of them, nothing else
+            _acknowledge(sim, _notice(element), etree.SubElement(response, q("Acknowledgement")))
+        return soap.envelope(response)
+    raise _Fault(
+        "INVALID_VALUE", f"unknown request {request.tag}: ClearDriver, AdviseBundle or AdviseBundles of {NS}"
+    )
 
 
 class _App:

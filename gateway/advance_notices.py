@@ -2,16 +2,19 @@
 
 When a bundle is made, :func:`enqueue` writes a notice row in the bundle's own transaction: the bundle and
 its notice commit together or not at all, so a notice can be late but never lost. :func:`deliver_due`
-sends due notices with Immigration's ``AdviseBundle`` and is run by a background thread of
-``roadcargo serve`` (any number of processes may run it against one database):
+sends due notices with Immigration's ``AdviseBundles`` (the notices of one claim in one request) and is
+run by a background thread of ``roadcargo serve`` (any number of processes may run it against one
+database):
 
 1. claim: in a short transaction, due rows are selected ``FOR UPDATE SKIP LOCKED`` (on PostgreSQL two
    workers never wait for nor take each other's rows; SQLite serialises the transaction), their
    ``attempts`` counted and ``next_attempt_at`` pushed a lease ahead, so no other worker takes them
    while they are being sent, and a worker that dies mid-send leaves them due again once the lease ends;
 2. send, outside any transaction (no database lock is held over the network);
-3. record: delivered rows get ``delivered_at``; failed ones ``last_error`` and a retry time with
-   exponential backoff (1 s, 2 s, 4 s ... at most 5 minutes), retried until Immigration accepts.
+3. record: acknowledged rows get ``delivered_at``; the others ``last_error`` and a retry time with
+   exponential backoff (1 s, 2 s, 4 s ... at most 5 minutes), retried until Immigration accepts. A
+   request that fails leaves all its notices for a retry; a notice Immigration refuses on its own
+   leaves only itself, its batch-mates being delivered.
 
 Each notice carries its own ``notice_id``, so Immigration recognises a notice sent again after a lost
 acknowledgement (or an expired lease) as the same one.
@@ -25,6 +28,7 @@ bundle does not change its vehicle, driver or control point).
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -56,8 +60,8 @@ class AdvanceNotice:
 
 
 class NoticeSink(Protocol):
-    def advise(self, notice: AdvanceNotice) -> None:
-        """Deliver one notice; returns once Immigration acknowledged it, raises otherwise."""
+    def advise_all(self, notices: Sequence[AdvanceNotice]) -> dict[int, str]:
+        """Deliver notices; returns those Immigration did not acknowledge, by notice id, with why."""
         ...
 
 
@@ -91,7 +95,8 @@ def backoff(attempts: int) -> timedelta:
     return min(timedelta(seconds=2 ** max(attempts - 1, 0)), MAX_BACKOFF)
 
 
-def _claim(gw: Gateway, limit: int) -> list[AdvanceNotice]:
+def _claim(gw: Gateway, limit: int) -> list[tuple[AdvanceNotice, int]]:
+    """Due notices, each with its attempts counted this time."""
     now = gw.now()
     with gw.engine.begin() as conn:
         rows = conn.execute(
@@ -109,53 +114,54 @@ def _claim(gw: Gateway, limit: int) -> list[AdvanceNotice]:
             .values(attempts=_O.c.attempts + 1, next_attempt_at=now + LEASE)
         )
     return [
-        AdvanceNotice(
-            r.notice_id,
-            r.bundle_id,
-            r.vehicle,
-            r.driver_id,
-            r.control_point,
-            r.direction,
-            r.slot_start,
-            r.slot_end,
+        (
+            AdvanceNotice(
+                r.notice_id,
+                r.bundle_id,
+                r.vehicle,
+                r.driver_id,
+                r.control_point,
+                r.direction,
+                r.slot_start,
+                r.slot_end,
+            ),
+            r.attempts + 1,
         )
         for r in rows
     ]
 
 
-def _record(gw: Gateway, done: Sequence[int], failed: dict[int, str]) -> None:
+def _record(gw: Gateway, done: Sequence[int], failed: dict[int, str], attempts: dict[int, int]) -> None:
     now = gw.now()
+    # Failed notices of one batch mostly share their error and attempt count: one statement per group.
+    groups: dict[tuple[int, str], list[int]] = defaultdict(list)
+    for notice_id, error in failed.items():
+        groups[attempts[notice_id], error[:500]].append(notice_id)
     with gw.engine.begin() as conn:
         if done:
             conn.execute(update(_O).where(_O.c.notice_id.in_(done)).values(delivered_at=now, last_error=None))
-        for notice_id, error in failed.items():
-            attempts = conn.scalar(select(_O.c.attempts).where(_O.c.notice_id == notice_id)) or 1
+        for (attempt, error), ids in groups.items():
             conn.execute(
                 update(_O)
-                .where(_O.c.notice_id == notice_id)
-                .values(next_attempt_at=now + backoff(attempts), last_error=error[:500])
+                .where(_O.c.notice_id.in_(ids))
+                .values(next_attempt_at=now + backoff(attempt), last_error=error)
             )
 
 
 def deliver_due(gw: Gateway, sink: NoticeSink, limit: int = 50) -> Delivery:
-    """Send the notices that are due (at most ``limit``); what failed is retried later."""
-    notices = _claim(gw, limit)
-    done: list[int] = []
-    failed: dict[int, str] = {}
-    error: str | None = None
-    for notice in notices:
-        if error is not None:  # Immigration just failed: the rest of the batch waits for the next round
-            failed[notice.notice_id] = error
-            continue
-        try:
-            sink.advise(notice)
-            done.append(notice.notice_id)
-        except Exception as exc:  # any failure is a retry later, never a lost notice
-            error = failed[notice.notice_id] = (
-                f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            )
-    if notices:
-        _record(gw, done, failed)
+    """Send the notices that are due (at most ``limit``, in one request); what failed is retried later."""
+    claimed = _claim(gw, limit)
+    if not claimed:
+        return Delivery(0, 0)
+    notices = [notice for notice, _attempts in claimed]
+    attempts = {n.notice_id: count for n, count in claimed}
+    try:
+        failed = {k: v for k, v in sink.advise_all(notices).items() if k in attempts}
+    except Exception as exc:  # any failure is a retry later, never a lost notice
+        error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        failed = dict.fromkeys(attempts, error)
+    done = [n.notice_id for n in notices if n.notice_id not in failed]
+    _record(gw, done, failed, attempts)
     if failed:
         log.warning(
             "%d advance notices not delivered to Immigration (retried later): %s",

@@ -5,9 +5,10 @@ Each job is a loop on a thread of its own, so that a slow partner never holds up
 
 - ``expiry``: consignments not crossed in time become ``EXPIRED`` (rows claimed ``FOR UPDATE SKIP
   LOCKED``, so two workers expire disjoint rows);
-- ``advance-notices``: Immigration's advance notices from the durable outbox (claimed ``SKIP LOCKED`` with
-  a lease: a worker that dies mid-send leaves its notices due again when the lease ends, and another
-  worker sends them; Immigration recognises a notice sent twice by its id);
+- ``advance-notices``: Immigration's advance notices from the durable outbox, the notices of a round in
+  one request (claimed ``SKIP LOCKED`` with a lease: a worker that dies mid-send leaves its notices due
+  again when the lease ends, and another worker sends them; Immigration recognises a notice sent twice
+  by its id);
 - ``sftp``: the SFTP mailbox processing and the partner pollers, through the SFTP channel's own entry
   point (``adapters.sftp_service``);
 - ``retention``: the retention sweep (``gateway.retention.sweep``), idempotent.
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("roadcargo.worker")
 
 MAX_BACKOFF = 30.0
+BATCH = 50  # advance notices per round, sent in one AdviseBundles request (the schema takes up to 100)
 
 
 @dataclass
@@ -109,10 +111,10 @@ def _advance_notices(gw: Gateway, client: ImmigrationClient) -> Callable[[], boo
         if not warmed:  # the WSDL once, up front, so that the first kiosk request does not pay for it
             client.warm()
             warmed = True
-        sent = deliver_due(gw, client)
+        sent = deliver_due(gw, client, limit=BATCH)
         if sent.delivered:
             log.info("delivered %d advance notices to Immigration", sent.delivered)
-        return sent.delivered + sent.failed >= 50 and not sent.failed
+        return sent.delivered + sent.failed >= BATCH and not sent.failed
 
     return run
 

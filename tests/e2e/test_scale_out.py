@@ -174,8 +174,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     db_url = make_url(PG_URL or "").set(database=name).render_as_string(hide_password=False)
     try:
         with ExitStack() as stack:
-            # A slow Immigration (each notice takes 0.3 s), so that a worker can be caught mid-delivery.
-            sim_url = stack.enter_context(simulator(directory, "--delay-ms", "300"))
+            # A slow Immigration (each request takes 1.5 s), so that a worker can be caught mid-delivery.
+            sim_url = stack.enter_context(simulator(directory, "--delay-ms", "1500"))
             config = directory / "gateway.toml"
             config.write_text(
                 f'[server]\ndata_dir = "{directory / "var"}"\n'
@@ -461,8 +461,9 @@ def test_a_worker_killed_mid_delivery_leaves_its_notices_to_the_next(cluster: Cl
             listing = httpx.get(f"{cluster.sim_url}/notices", timeout=10).json()
             return {n["bundle_id"] for n in listing["notices"]} & made
 
-        # Immigration takes 0.3 s a notice: kill the worker once Immigration has some of them, not all.
-        _wait("a first delivery", lambda: bool(received()))
+        # Immigration takes 1.5 s a request, and the worker sends what it claimed in one request: kill
+        # the worker while that request is in flight (its notices claimed, not yet acknowledged).
+        _wait("a claim", lambda: any(n.attempts > 0 for n in mine()), timeout=30)
         worker.stop(signal.SIGKILL)
         stranded = [n for n in mine() if n.delivered_at is None and n.attempts > 0]
         assert stranded, "the worker had no claimed notice left when it was killed"

@@ -41,8 +41,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def simulator(directory: Path, *extra: str, port: int | None = None) -> Iterator[str]:
-    """``roadcargo simulate immigration`` on a free port; yields its service URL."""
+def simulator(
+    directory: Path,
+    *extra: str,
+    port: int | None = None,
+    started: list[subprocess.Popen[bytes]] | None = None,
+) -> Iterator[str]:
+    """``roadcargo simulate immigration`` on a free port; yields its service URL (and appends the
+    process to ``started``, for a test that kills it)."""
     port = port or free_port()
     log = directory / f"sim-{port}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROADCARGO_")}
@@ -53,6 +59,8 @@ def simulator(directory: Path, *extra: str, port: int | None = None) -> Iterator
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+    if started is not None:
+        started.append(process)
     url = f"http://127.0.0.1:{port}/immigration"
     try:
         deadline = time.monotonic() + 30
@@ -201,7 +209,7 @@ def test_simulator_serves_its_wsdl_with_absolute_addresses(watched_sim):
     base = watched_sim.rsplit("/immigration", 1)[0]
     assert f'schemaLocation="{base}/immigration/immigration.xsd"' in wsdl
     assert f'location="{watched_sim}"' in wsdl
-    assert "ClearDriver" in wsdl and "AdviseBundle" in wsdl
+    assert "ClearDriver" in wsdl and "AdviseBundle" in wsdl and "AdviseBundles" in wsdl
     xsd = httpx.get(f"{watched_sim}/immigration.xsd")
     assert xsd.status_code == 200 and b'targetNamespace="urn:roadcargo:immigration:1"' in xsd.content
 
@@ -219,6 +227,8 @@ def test_the_wsdl_takes_every_type_from_the_xsd():
         "ClearDriverResponse",
         "AdviseBundle",
         "AdviseBundleResponse",
+        "AdviseBundles",
+        "AdviseBundlesResponse",
         "ImmigrationFault",
     }
     assert parts <= declared
@@ -404,3 +414,236 @@ def test_roadcargo_serve_delivers_advance_notices_to_immigration(tmp_path):
     (notice,) = listing["notices"]
     assert notice["bundle_id"] == made.json()["bundle_id"] and notice["vehicle"] == "XY4321"
     assert notice["driver_party"] == driver["party_id"] and listing["deliveries"] == 1
+
+
+# -- advance notices in batches (AdviseBundles) --------------------------------------------------
+
+
+def test_one_round_sends_its_notices_in_one_request_and_each_is_listed_once(gw, filer, driver, tmp_path):
+    made = bundle_some(gw, filer, driver, 12)
+    # Every request waits 400 ms: twelve requests would take 4.8 s, one takes a little over 0.4 s.
+    with simulator(tmp_path, "--delay-ms", "400") as url:
+        started = time.monotonic()
+        assert advance_notices.deliver_due(gw, ImmigrationClient(url, 3000)) == advance_notices.Delivery(
+            12, 0
+        )
+        elapsed = time.monotonic() - started
+        listing = notices(url)
+    assert elapsed < 2.5, elapsed
+    assert listing["deliveries"] == 12
+    assert sorted(n["bundle_id"] for n in listing["notices"]) == sorted(b["bundle_id"] for b in made)
+    assert {n["deliveries"] for n in listing["notices"]} == {1}
+    assert len({n["notice_id"] for n in listing["notices"]}) == 12
+    assert advance_notices.pending(gw) == 0
+
+
+def test_immigration_down_during_a_batch_loses_no_notice(gw, filer, driver, clock, tmp_path):
+    made = bundle_some(gw, filer, driver, 8)
+    port = free_port()
+    client = ImmigrationClient(f"http://127.0.0.1:{port}/immigration", 800)
+    with simulator(tmp_path, port=port):
+        client.warm()  # the WSDL is loaded while Immigration is up; it goes down before the batch
+    assert advance_notices.deliver_due(gw, client) == advance_notices.Delivery(0, 8)
+    assert {r.last_error is not None and r.delivered_at is None for r in outbox_rows(gw)} == {True}
+    clock.advance(timedelta(seconds=1))
+    with simulator(tmp_path, port=port) as url:
+        assert advance_notices.deliver_due(gw, client) == advance_notices.Delivery(8, 0)
+        listing = notices(url)
+    assert listing["deliveries"] == 8
+    assert sorted(n["bundle_id"] for n in listing["notices"]) == sorted(b["bundle_id"] for b in made)
+    assert [r.attempts for r in outbox_rows(gw)] == [2] * 8
+    assert advance_notices.pending(gw) == 0
+
+
+def test_immigration_dying_with_a_batch_in_hand_loses_no_notice(gw, filer, driver, clock, tmp_path):
+    made = bundle_some(gw, filer, driver, 6)
+    port = free_port()
+    client = ImmigrationClient(f"http://127.0.0.1:{port}/immigration", 3000)
+    sent: list[advance_notices.Delivery] = []
+    started: list[subprocess.Popen[bytes]] = []
+    with simulator(tmp_path, "--delay-ms", "1500", port=port, started=started):
+        client.warm()
+        sending = threading.Thread(target=lambda: sent.append(advance_notices.deliver_due(gw, client)))
+        sending.start()
+        time.sleep(0.5)  # the batch has arrived and waits out the delay: Immigration dies now
+        started[0].kill()
+        sending.join(10)
+    assert sent == [advance_notices.Delivery(0, 6)]
+    clock.advance(timedelta(seconds=1))
+    with simulator(tmp_path, port=port) as url:
+        assert advance_notices.deliver_due(gw, client) == advance_notices.Delivery(6, 0)
+        listing = notices(url)
+    assert listing["deliveries"] == 6 and {n["deliveries"] for n in listing["notices"]} == {1}
+    assert sorted(n["bundle_id"] for n in listing["notices"]) == sorted(b["bundle_id"] for b in made)
+    assert advance_notices.pending(gw) == 0
+
+
+def test_a_batch_whose_acknowledgement_is_lost_is_sent_again_and_recognised(
+    gw, filer, driver, clock, tmp_path
+):
+    """Immigration records the batch but answers after the gateway gave up: the notices are sent again
+    and acknowledged as duplicates; none is recorded twice."""
+    made = bundle_some(gw, filer, driver, 5)
+    with simulator(tmp_path, "--delay-ms", "600") as url:
+        assert advance_notices.deliver_due(gw, ImmigrationClient(url, 300)).failed == 5
+        time.sleep(0.6)  # the simulator records the batch once its delay is over
+        assert notices(url)["deliveries"] == 5
+        clock.advance(timedelta(seconds=1))
+        assert advance_notices.deliver_due(gw, ImmigrationClient(url, 3000)) == advance_notices.Delivery(5, 0)
+        listing = notices(url)
+    assert len(listing["notices"]) == 5 and listing["deliveries"] == 10
+    assert {n["deliveries"] for n in listing["notices"]} == {2}
+    assert sorted(n["bundle_id"] for n in listing["notices"]) == sorted(b["bundle_id"] for b in made)
+
+
+def _advise_bundles(*notices_xml: bytes) -> bytes:
+    return _ENVELOPE % (
+        b'<imm:AdviseBundles xmlns:imm="urn:roadcargo:immigration:1">%s</imm:AdviseBundles>'
+        % b"".join(notices_xml)
+    )
+
+
+def _notice_xml(notice_id: int, slot_end: str = "2026-12-02T11:00:00+08:00") -> bytes:
+    return (
+        b"<imm:Notice><imm:NoticeId>%d</imm:NoticeId><imm:BundleId>B0000000001</imm:BundleId>"
+        b"<imm:Vehicle>AB1234</imm:Vehicle><imm:DriverParty>12345678</imm:DriverParty>"
+        b"<imm:ControlPoint>LMC</imm:ControlPoint><imm:Direction>IMPORT</imm:Direction>"
+        b"<imm:SlotStart>2026-12-02T10:30:00+08:00</imm:SlotStart><imm:SlotEnd>%s</imm:SlotEnd></imm:Notice>"
+    ) % (notice_id, slot_end.encode())
+
+
+def _acknowledgements(reply: httpx.Response) -> list[tuple[str, str, str]]:
+    assert reply.status_code == 200, reply.text
+    ns = {"imm": "urn:roadcargo:immigration:1"}
+    return [
+        (
+            a.findtext("imm:NoticeId", namespaces=ns),
+            a.findtext("imm:Accepted", namespaces=ns),
+            a.findtext("imm:Duplicate", namespaces=ns),
+        )
+        for a in etree.fromstring(reply.content).iterfind(".//imm:Acknowledgement", ns)
+    ]
+
+
+def test_a_duplicate_batch_is_acknowledged_as_duplicates_and_nothing_is_doubled(tmp_path):
+    headers = {"Content-Type": "text/xml; charset=utf-8"}
+    with simulator(tmp_path) as url:
+        batch = _advise_bundles(_notice_xml(101), _notice_xml(102), _notice_xml(101))
+        first = _acknowledgements(httpx.post(url, content=batch, headers=headers))
+        again = _acknowledgements(httpx.post(url, content=batch, headers=headers))
+        listing = notices(url)
+    # One acknowledgement per notice sent, in order; the repeat inside the batch is a duplicate already.
+    assert first == [("101", "true", "false"), ("102", "true", "false"), ("101", "true", "true")]
+    assert again == [("101", "true", "true"), ("102", "true", "true"), ("101", "true", "true")]
+    assert sorted(n["notice_id"] for n in listing["notices"]) == [101, 102]
+    assert {n["notice_id"]: n["deliveries"] for n in listing["notices"]} == {101: 4, 102: 2}
+    assert listing["deliveries"] == 6
+
+
+def test_the_zeep_client_sends_a_batch_again_without_doubling_anything(tmp_path):
+    start = datetime(2026, 12, 2, 10, 30, tzinfo=HONG_KONG)
+    batch = [
+        advance_notices.AdvanceNotice(
+            n, "B0000000001", "AB1234", "12345678", "LMC", "IMPORT", start, start + timedelta(minutes=30)
+        )
+        for n in (7, 8, 9)
+    ]
+    with simulator(tmp_path) as url:
+        client = ImmigrationClient(url, 2000)
+        assert client.advise_all(batch) == {}
+        assert client.advise_all(batch) == {}  # acknowledged (as duplicates): nothing to retry
+        listing = notices(url)
+    assert sorted(n["notice_id"] for n in listing["notices"]) == [7, 8, 9]
+    assert {n["deliveries"] for n in listing["notices"]} == {2} and listing["deliveries"] == 6
+
+
+def test_a_notice_refused_on_its_own_is_retried_alone(gw, filer, driver, clock, tmp_path):
+    made = bundle_some(gw, filer, driver, 4)
+    bad = outbox_rows(gw)[1]
+    with gw.engine.begin() as conn:  # a slot that ends as it starts: Immigration refuses that notice only
+        conn.execute(
+            tables.immigration_outbox.update()
+            .where(tables.immigration_outbox.c.notice_id == bad.notice_id)
+            .values(slot_end=bad.slot_start)
+        )
+    with simulator(tmp_path) as url:
+        client = ImmigrationClient(url, 2000)
+        assert advance_notices.deliver_due(gw, client) == advance_notices.Delivery(3, 1)
+        rows = {r.notice_id: r for r in outbox_rows(gw)}
+        assert rows[bad.notice_id].delivered_at is None
+        assert "INVALID_VALUE" in rows[bad.notice_id].last_error and "slot" in rows[bad.notice_id].last_error
+        assert rows[bad.notice_id].next_attempt_at == gw.now() + timedelta(seconds=1)
+        assert all(r.delivered_at is not None for n, r in rows.items() if n != bad.notice_id)
+        clock.advance(timedelta(seconds=1))
+        assert advance_notices.deliver_due(gw, client) == advance_notices.Delivery(
+            0, 1
+        )  # refused again, alone
+        with gw.engine.begin() as conn:  # corrected: it goes through
+            conn.execute(
+                tables.immigration_outbox.update()
+                .where(tables.immigration_outbox.c.notice_id == bad.notice_id)
+                .values(slot_end=bad.slot_end)
+            )
+        clock.advance(timedelta(seconds=2))
+        assert advance_notices.deliver_due(gw, client) == advance_notices.Delivery(1, 0)
+        listing = notices(url)
+    assert listing["deliveries"] == 4
+    assert sorted(n["bundle_id"] for n in listing["notices"]) == sorted(b["bundle_id"] for b in made)
+
+
+def test_a_batch_refused_as_a_whole_is_sent_one_by_one_so_one_bad_notice_holds_up_no_other(
+    gw, filer, driver, tmp_path
+):
+    made = bundle_some(gw, filer, driver, 3)
+    bad = outbox_rows(gw)[0]
+    with gw.engine.begin() as conn:  # a registration Immigration's schema does not take (no letter O)
+        conn.execute(
+            tables.immigration_outbox.update()
+            .where(tables.immigration_outbox.c.notice_id == bad.notice_id)
+            .values(vehicle="OO1234")
+        )
+    with simulator(tmp_path) as url:
+        assert advance_notices.deliver_due(gw, ImmigrationClient(url, 2000)) == advance_notices.Delivery(2, 1)
+        listing = notices(url)
+    (row,) = [r for r in outbox_rows(gw) if r.delivered_at is None]
+    assert row.notice_id == bad.notice_id and "SCHEMA_INVALID" in row.last_error
+    assert sorted(n["bundle_id"] for n in listing["notices"]) == sorted(b["bundle_id"] for b in made[1:])
+
+
+def _wsdl_without_batches(port: int) -> bytes:
+    """The WSDL as an Immigration from before ``AdviseBundles`` served it."""
+    root = etree.fromstring(immigration_sim.wsdl_for(f"http://127.0.0.1:{port}"))
+    for element in list(root.iter()):
+        if (element.get("name") or "").startswith("AdviseBundles"):
+            element.getparent().remove(element)
+    return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8"))
+
+
+def test_a_service_without_the_batch_operation_gets_the_notices_one_by_one(gw, filer, driver):
+    sim = immigration_sim.ImmigrationSimulator()
+    requests: list[str] = []
+
+    class OldImmigration(_Garbage):
+        def do_GET(self) -> None:
+            if self.path.endswith(".xsd"):
+                self._send(immigration_sim._schema_file("immigration.xsd"))
+            else:
+                self._send(_wsdl_without_batches(self.server.server_address[1]))
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            requests.append(etree.QName(etree.fromstring(body).find(".//{*}Body")[0]).localname)
+            self._send(immigration_sim.handle(sim, body))
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OldImmigration)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        made = bundle_some(gw, filer, driver, 3)
+        url = f"http://127.0.0.1:{server.server_address[1]}/immigration"
+        assert advance_notices.deliver_due(gw, ImmigrationClient(url, 2000)) == advance_notices.Delivery(3, 0)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert requests == ["AdviseBundle"] * 3
+    assert sorted(n["bundle_id"] for n in sim.listing()["notices"]) == sorted(b["bundle_id"] for b in made)
