@@ -56,6 +56,12 @@ class ImmigrationClient:
         self._service: Any = None
         self._lock = threading.Lock()
 
+    def bounded(self) -> bool:
+        """Whether ``clear`` now returns within ``timeout_ms`` by itself: once the WSDL is loaded, the
+        transport bounds each exchange from connecting to the last byte, so the kiosk may call it
+        directly instead of through a thread that it waits for (see gateway.clearance)."""
+        return self._service is not None
+
     # -- the WSDL, loaded lazily -------------------------------------------------------------------
 
     def _load(self, deadline: float) -> Any:

@@ -23,5 +23,8 @@ class ClearanceQuery:
 class ImmigrationPort(Protocol):
     def clear(self, query: ClearanceQuery) -> Answer | None:
         """Immigration's answer about the driver, or None when it did not answer in time or answered
-        something unreadable: the kiosk then fails closed (NOT_READY)."""
+        something unreadable: the kiosk then fails closed (NOT_READY). The kiosk calls it in a thread
+        of its own and stops waiting after ``timeout_ms`` (with a margin), unless the port has a
+        ``bounded()`` method that answers True: then that port promises to return within
+        ``timeout_ms`` itself and is called directly."""
         ...

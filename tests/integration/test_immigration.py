@@ -647,3 +647,29 @@ def test_a_service_without_the_batch_operation_gets_the_notices_one_by_one(gw, f
         server.server_close()
     assert requests == ["AdviseBundle"] * 3
     assert sorted(n["bundle_id"] for n in sim.listing()["notices"]) == sorted(b["bundle_id"] for b in made)
+
+
+def test_the_kiosk_asks_the_real_client_directly_and_still_fails_closed_when_it_is_slow(gw, party, tmp_path):
+    """With the zeep client's WSDL loaded, the kiosk calls it in the request's own thread (it keeps to
+    timeout_ms itself): a normal answer releases, a slow Immigration gives NOT_READY in time."""
+    import dataclasses
+
+    from gateway import clearance
+    from gateway.config import ImmigrationConfig
+    from tests.border_support import border
+
+    b = border(gw, party)
+    with simulator(tmp_path) as quick, simulator(tmp_path, "--delay-ms", "2000") as slow:
+        gw.config = dataclasses.replace(gw.config, immigration=ImmigrationConfig(timeout_ms=300))
+        for url, vehicle, expected in ((quick, "AB1001", "RELEASE"), (slow, "AB1002", "NOT_READY")):
+            client = gw.immigration = ImmigrationClient(url, 300)
+            client.warm()
+            assert client.bounded()
+            b.bundle([b.lodge()], vehicle=vehicle)
+            b.wait_lead_time()
+            started = time.monotonic()
+            out = clearance.decide(gw, b.kiosk, b.arrive(vehicle=vehicle))
+            elapsed = time.monotonic() - started
+            assert out["decision"] == expected, out
+            assert elapsed < 1.2, elapsed
+        assert out["reasons"] == ["IMMIGRATION_UNAVAILABLE"]
