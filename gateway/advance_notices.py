@@ -38,13 +38,14 @@ from sqlalchemy import Connection, func, insert, select, update
 
 from gateway import tables
 from gateway.context import Gateway
+from gateway.prepared import Prepared
 
 log = logging.getLogger("roadcargo.advance_notices")
 
 _O = tables.immigration_outbox
 LEASE = timedelta(minutes=2)  # far longer than one delivery, which is bounded by [immigration] timeout_ms
 MAX_BACKOFF = timedelta(minutes=5)
-_ENQUEUE = insert(_O)  # built once: building a statement per bundle cost more than executing it
+_ENQUEUE = Prepared(insert(_O))  # built once: building a statement per bundle cost more than executing it
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,8 @@ class Delivery:
 def enqueue(conn: Connection, gw: Gateway, bundle: Any) -> None:
     """A notice for a bundle just made, in the bundle's transaction."""
     now = gw.now()
-    conn.execute(
-        _ENQUEUE,
+    _ENQUEUE.run(
+        conn,
         {
             "bundle_id": bundle.bundle_id,
             "vehicle": bundle.vehicle,
