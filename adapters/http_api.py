@@ -3,13 +3,16 @@ body, call one service function and render its result."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import copy_context
 from typing import Any
 
 import anyio.to_thread
-from anyio import CapacityLimiter
-from anyio.lowlevel import RunVar
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -87,7 +90,10 @@ async def _run(
         data = _parse_json(body, content_type) if json_body else None
         return work(_Call(gw, actor, data, raw_id))
 
-    return await anyio.to_thread.run_sync(job, limiter=_database_threads(gw) if database_only else None)
+    if not database_only:
+        return await anyio.to_thread.run_sync(job)
+    # The job runs with this request's context (its request id goes into the raw and audit rows).
+    return await asyncio.get_running_loop().run_in_executor(_database_threads(gw), copy_context().run, job)
 
 
 async def _db(request: Request, work: Callable[[_Call], Any], **options: bool) -> Any:
@@ -95,24 +101,35 @@ async def _db(request: Request, work: Callable[[_Call], Any], **options: bool) -
     return await _run(request, work, database_only=True, **options)
 
 
-# The API's work is the database's: a few threads at once do it as fast as forty, at less CPU. It holds
-# the GIL but for its waits on the database, and SQLite takes one writer at a time (the others queue on
-# its lock), so more threads add only thread switches and lock hand-offs; 32 concurrent bundlers cost
-# 5.3 ms of server CPU a bundle with forty on SQLite, 2.8 ms with four. PostgreSQL overlaps the round
-# trips of a few more. Work that calls another service (the kiosk asks Immigration, and may wait
-# seconds) keeps anyio's default pool of forty, so it never holds these up.
-DATABASE_THREADS = {"sqlite": 4}
+# The API's work is the database's: a few threads do it as fast as forty, at less CPU. It holds the GIL
+# but for its waits on the database, so more threads add only thread switches and lock hand-offs, and
+# SQLite takes one writer at a time, queued on a lock of the process (gateway.db): on SQLite one thread
+# does it. The threads are a pool of their own that takes the jobs from a queue, one after another
+# without sleeping in between while there are more (anyio's pool behind a CapacityLimiter hands each job
+# to an idle thread and waits for its answer before the next one may go). 32 concurrent bundlers on
+# SQLite cost 5.3 ms of server CPU a bundle with forty threads, 2.8 ms with four (bench/bundling.py);
+# later, in turns in one sitting on a busy machine: four 4.9-5.0 ms (221-228 bundles/s), one behind
+# anyio's limiter 3.7-4.2 ms (240-281/s), this pool of one 3.5-3.9 ms (276-303/s). One slow job (a huge
+# body) holds up the others of its process meanwhile. PostgreSQL overlaps the round trips of a few
+# more. Work that calls another service (the kiosk asks Immigration, and may wait seconds) keeps anyio's
+# default pool of forty, so it never holds these up.
+DATABASE_THREADS = {"sqlite": 1}
 DEFAULT_DATABASE_THREADS = 8
-_LIMITER: RunVar[CapacityLimiter] = RunVar("roadcargo_api_threads")  # one per event loop
+_POOLS: dict[str, ThreadPoolExecutor] = {}  # by database dialect: one set of threads a process
+_POOLS_LOCK = threading.Lock()
+os.register_at_fork(after_in_child=_POOLS.clear)  # a forked child has none of its parent's threads
 
 
-def _database_threads(gw: Gateway) -> CapacityLimiter:
-    try:
-        return _LIMITER.get()
-    except LookupError:
-        limiter = CapacityLimiter(DATABASE_THREADS.get(gw.engine.dialect.name, DEFAULT_DATABASE_THREADS))
-        _LIMITER.set(limiter)
-        return limiter
+def _database_threads(gw: Gateway) -> ThreadPoolExecutor:
+    dialect = gw.engine.dialect.name
+    pool = _POOLS.get(dialect)
+    if pool is None:
+        with _POOLS_LOCK:
+            pool = _POOLS.get(dialect)
+            if pool is None:
+                threads = DATABASE_THREADS.get(dialect, DEFAULT_DATABASE_THREADS)
+                pool = _POOLS[dialect] = ThreadPoolExecutor(threads, thread_name_prefix="roadcargo-db")
+    return pool
 
 
 def _metric(request: Request, action: str) -> None:

@@ -5,7 +5,7 @@ finds the bucket empty is refused with ``429 RATE_LIMITED`` and ``Retry-After`` 
 token is back). Parties are limited after authentication (``parties.authenticate`` and the PIN and
 portal-session checks call :func:`admit`), so every channel is covered and an unauthenticated caller
 cannot spend another party's allowance. The login and registration forms, which anyone may post to, are
-limited per client address by :class:`LoginLimit` before any work is done.
+limited per client address by the request edge (:func:`login_buckets`) before any work is done.
 
 A check is a dictionary look-up and a little arithmetic under a lock: no database, no I/O. With N gateway
 processes behind a load balancer each process holds its own buckets, so a party spread evenly over them
@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Any
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope, Send
 
 from gateway.config import LimitsConfig
 from gateway.errors import RateLimited
@@ -95,53 +95,40 @@ def admit(gw: Any, party_id: str | None) -> None:
 LIMITED_PATHS = frozenset({"/login", "/apply", "/api/v1/registrations"})
 
 
-class LoginLimit:
+def login_buckets(limits: LimitsConfig) -> Buckets:
     """``[limits] login_per_minute`` per client address on the forms anyone may post: login and
-    registration. Answered before the body is read, JSON on the API and a short page on the portal.
-    Behind a reverse proxy the client address is the proxy's unless uvicorn trusts its
+    registration (``LIMITED_PATHS``), checked by the request edge (``gateway.app.Edge``) before the body
+    is read. Behind a reverse proxy the client address is the proxy's unless uvicorn trusts its
     ``X-Forwarded-For`` (``--forwarded-allow-ips``)."""
+    return Buckets(limits.login_per_minute / 60.0, limits.login_burst)
 
-    def __init__(self, app: ASGIApp, limits: LimitsConfig) -> None:
-        self.app = app
-        self.buckets = Buckets(limits.login_per_minute / 60.0, limits.login_burst)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["method"] != "POST"
-            or scope["path"] not in LIMITED_PATHS
-            or not self.buckets.on
-        ):
-            await self.app(scope, receive, send)
-            return
-        client = scope.get("client")
-        wait = self.buckets.take(str(client[0]) if client else "unknown")
-        if not wait:
-            await self.app(scope, receive, send)
-            return
-        error = RateLimited(
-            "too many login or registration attempts from your address; retry after the Retry-After seconds",
-            wait,
-        )
-        if scope["path"].startswith("/api/"):
-            body = json.dumps(error.as_body()).encode()
-            content_type = b"application/json"
-        else:
-            body = _PAGE.format(seconds=error.retry_after).encode()
-            content_type = b"text/html; charset=utf-8"
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 429,
-                "headers": [
-                    (b"content-type", content_type),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"retry-after", str(error.retry_after).encode()),
-                    (b"cache-control", b"no-store"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+async def refuse_login(scope: Scope, send: Send, wait: float) -> None:
+    """Answer 429 to a login or registration over its limit: JSON on the API, a short page on the
+    portal."""
+    error = RateLimited(
+        "too many login or registration attempts from your address; retry after the Retry-After seconds",
+        wait,
+    )
+    if scope["path"].startswith("/api/"):
+        body = json.dumps(error.as_body()).encode()
+        content_type = b"application/json"
+    else:
+        body = _PAGE.format(seconds=error.retry_after).encode()
+        content_type = b"text/html; charset=utf-8"
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 429,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", str(error.retry_after).encode()),
+                (b"cache-control", b"no-store"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 _PAGE = """<!doctype html>
