@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from gateway import bundles, consignments, parties, tables
+from gateway import bundles, consignments, parties, slots, tables
 from gateway.clock import HONG_KONG
 from gateway.context import SYSTEM
 from gateway.errors import GatewayError
@@ -239,6 +239,33 @@ def test_full_slot_moves_to_the_next_and_a_full_day_is_slot_full(gw, filer, part
         bundles.bundle(small, d, "ZZ1", "LMC", [ccrns[2]])
     assert codes(err) == [("SLOT_FULL", "control_point")]
     assert consignments.get(small, filer, ccrns[2])["status"] == "LODGED"
+
+
+def test_a_hint_of_slots_all_taken_meanwhile_books_a_later_slot_of_the_day(gw):
+    """with_room hands bundling the first few slots with room; when other bundlers take every one of
+    them before the booking, the booking reads on and takes the next slot with room, and SLOT_FULL
+    only when the day has none."""
+    small = with_control_point(gw, slot_capacity=1, opens="10:00", closes="12:00")
+    cp = small.config.control_points["LMC"]
+    with small.engine.begin() as conn:
+        hint = slots.with_room(conn, "LMC", cp, NOW)
+        assert [s.astimezone(HONG_KONG).strftime("%H:%M") for s, _e in hint] == [
+            "10:00",
+            "10:15",
+            "10:30",
+            "10:45",
+        ]
+        for start, end in hint:  # taken by other bundlers meanwhile
+            assert slots.book(conn, "LMC", cp, start, [(start, end)]) == (start, end)
+        eleven = slots.book(conn, "LMC", cp, hint[-1][1])  # 11:00 taken by another too
+        booked = slots.book(conn, "LMC", cp, NOW, hint)  # the stale hint: all four are full now
+        assert booked[0].astimezone(HONG_KONG).strftime("%H:%M") == "11:15"
+        assert eleven[0].astimezone(HONG_KONG).strftime("%H:%M") == "11:00"
+        for _ in range(2):  # 11:30, 11:45, then the day is full
+            slots.book(conn, "LMC", cp, NOW, hint)
+        with pytest.raises(GatewayError) as err:
+            slots.book(conn, "LMC", cp, NOW, hint)
+    assert codes(err) == [("SLOT_FULL", "control_point")]
 
 
 def test_closed_control_point_is_slot_full(gw, filer, driver):
