@@ -213,11 +213,13 @@ async def connect_all(ports: list[int], n: int) -> list[RawClient]:
 
 
 def start_gateways(
-    label: str, processes: int, env: dict[str, str], workdir: Path
+    label: str, processes: int, env: dict[str, str], workdir: Path, worker: bool = False
 ) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
     """``processes`` × ``roadcargo serve`` on one database, each on its own port (design section 11's
     scale-out: several processes, background work in the first only, ``--no-background`` for the
-    others). Each one's log goes to a file: a pipe nobody reads would fill and stop the server."""
+    others; ``worker``: all of them ``--no-background`` and the background work in a ``roadcargo
+    worker``, returned last). Each one's log goes to a file: a pipe nobody reads would fill and stop
+    the server."""
     roadcargo = str(Path(sys.executable).with_name("roadcargo"))
     procs: list[subprocess.Popen[bytes]] = []
     ports: list[int] = []
@@ -225,12 +227,16 @@ def start_gateways(
         for i in range(processes):
             port = free_port()
             command = [roadcargo, "serve", "--http-port", str(port), "--sftp-port", "0"]
-            if i:
+            if i or worker:
                 command.append("--no-background")
             with open(workdir / f"{label}-serve-{i}.log", "wb") as log:
                 procs.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log))
             ports.append(port)
             wait_until_up(f"http://127.0.0.1:{port}/healthz", f"{label}: gateway process {i}")
+        if worker:  # the background work in a process of its own (docs/operations.md)
+            with open(workdir / f"{label}-worker.log", "wb") as log:
+                command = [roadcargo, "worker", "--no-sftp"]
+                procs.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log))
     except BaseException:
         stop(procs)
         raise

@@ -181,6 +181,7 @@ def bench(
     workdir: Path,
     processes: int,
     rate: float | None = None,
+    worker: bool = False,
 ) -> dict[str, Any]:
     roadcargo = str(Path(sys.executable).with_name("roadcargo"))
     sim_port = free_port()
@@ -197,7 +198,7 @@ def bench(
     procs: list[subprocess.Popen[bytes]] = []
     try:
         wait_until_up(f"http://127.0.0.1:{sim_port}/immigration?wsdl", "the Immigration simulator")
-        procs, ports = start_gateways(label, processes, env, workdir)
+        procs, ports = start_gateways(label, processes, env, workdir, worker)
         _notices_delivered(sim_port, decisions)
         pids = [pid for proc in procs for pid in children(proc.pid)]
         before, sim_before = cpu_seconds(pids), cpu_seconds([sim.pid])
@@ -219,6 +220,12 @@ def main() -> None:
     parser.add_argument(
         "--processes", type=int, default=1, help="gateway processes on one database (kiosks spread over them)"
     )
+    parser.add_argument(
+        "--worker",
+        action="store_true",
+        help="background work (the advance notices) in a `roadcargo worker` process, the gateway "
+        "processes started with --no-background (the production layout of docs/operations.md)",
+    )
     parser.add_argument("--pg", default=os.environ.get("ROADCARGO_TEST_PG"), help="PostgreSQL server URL")
     parser.add_argument("--skip-sqlite", action="store_true")
     parser.add_argument(
@@ -232,7 +239,8 @@ def main() -> None:
     pacing = "as fast as they are answered" if args.rate is None else f"open loop at {args.rate:g}/s offered"
     print(
         f"# kiosk decisions over HTTP, Immigration simulator answering, {args.kiosks} kiosks, "
-        f"{args.decisions} trucks, {args.processes} gateway process(es), requests sent {pacing}"
+        f"{args.decisions} trucks, {args.processes} gateway process(es)"
+        f"{' and a worker' if args.worker else ''}, requests sent {pacing}"
     )
     print(f"# {machine()}")
     with tempfile.TemporaryDirectory() as tmp, storages(Path(tmp), args.pg, args.skip_sqlite) as runs:
@@ -242,7 +250,9 @@ def main() -> None:
         )
         print("|---|---|---|---|---|---|---|---|---|---|---|")
         for label, url in runs:
-            r = bench(label, url, args.decisions, args.kiosks, Path(tmp), args.processes, args.rate)
+            r = bench(
+                label, url, args.decisions, args.kiosks, Path(tmp), args.processes, args.rate, args.worker
+            )
             run, hz, n = r["run"], r["health"], max(len(r["run"].latencies), 1)
             print(
                 f"| {label} | {run.per_s:.0f} | {run.ms(50):.1f} | {run.ms(99):.1f} | "
