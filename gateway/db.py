@@ -3,10 +3,13 @@ production (design section 11)."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import select
 import threading
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,8 @@ def make_engine(url: str) -> Engine:
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-        _sqlite_pragmas(engine)
+        on_disk = parsed.database not in (None, "", ":memory:")
+        _sqlite_pragmas(engine, parsed.database if on_disk else None)
         return engine
     engine = create_engine(url, **_server_engine_options(parsed.query))
     if engine.dialect.driver == "psycopg":
@@ -92,16 +96,16 @@ def _quiet_socket_ping(engine: Engine) -> None:
 _writing = threading.local()
 
 
-def _sqlite_pragmas(engine: Engine) -> None:
+def _sqlite_pragmas(engine: Engine, path: str | None = None) -> None:
     """SQLite transactions: ``engine.begin()`` (the writers) is ``BEGIN IMMEDIATE``, ``engine.connect()``
     (the readers) a plain deferred ``BEGIN`` that takes no lock at all in WAL mode.
 
     pysqlite's own transaction handling defers BEGIN and cannot take the write lock up front; two
     writers that both read first would then deadlock. So a writer takes the write lock up front and
     others queue: first on a lock of this process (they wait their turn instead of polling in SQLite's
-    busy handler, whose sleeps of up to 100 ms made the tail latency), then, against other processes,
-    on ``busy_timeout``. Readers never wait for writers. Rule for code: every write goes in
-    ``engine.begin()``; ``engine.connect()`` is for reading.
+    busy handler, whose sleeps of up to 100 ms made the tail latency), then, against other processes on
+    the same file (``path``), on ``_WriterQueue``. Readers never wait for writers. Rule for code: every
+    write goes in ``engine.begin()``; ``engine.connect()`` is for reading.
     """
     queue = threading.RLock()  # re-entrant: a nested writer fails on busy_timeout as before, not here
     dbapi_errors = engine.dialect.loaded_dbapi.Error
@@ -129,10 +133,11 @@ def _sqlite_pragmas(engine: Engine) -> None:
             conn._handle_dbapi_exception(exc, statement, (), None, None)
 
     connect = engine.connect
+    across = _WriterQueue(f"{path}-writers.lock") if path else None
 
     @contextmanager
     def begin() -> Iterator[Connection]:
-        with queue, connect() as conn:
+        with queue, across.turn() if across is not None else nullcontext(), connect() as conn:
             _writing.depth = getattr(_writing, "depth", 0) + 1
             try:
                 with conn.begin():
@@ -145,6 +150,75 @@ def _sqlite_pragmas(engine: Engine) -> None:
                 _writing.depth -= 1
 
     engine.begin = begin  # type: ignore[method-assign]
+
+
+class _WriterQueue:
+    """The queue of SQLite writers across processes: an exclusive ``flock`` on a file beside the
+    database (``<database>-writers.lock``), taken before ``BEGIN IMMEDIATE`` and let go after the
+    COMMIT or ROLLBACK.
+
+    Within a process, writers queue on a lock of the process. Between processes (``serve`` with a
+    ``roadcargo worker``, or two ``serve --no-background``), they used to meet in SQLite's busy
+    handler, which sleeps 1, 2, 5, 10 ... up to 100 ms between tries: a writer that found the lock
+    taken for the half millisecond of another's transaction slept for milliseconds, and the queue
+    behind it grew. Here a waiter tries again after 50 us, doubling to at most 1 ms, so it gets its
+    turn about when the other's transaction ends (bench/RESULTS.md: kiosk decisions with two
+    processes and a worker). The kernel lets go of the lock of a process that dies. A holder that
+    hangs keeps the others waiting no longer than SQLite would have (``WAIT``); then they go on to
+    SQLite's own lock and its ``busy_timeout``, as before. Only the outermost transaction of a thread
+    takes the lock (a nested writer fails in SQLite as before), and a process opens the file for itself
+    (a child of ``fork`` would share its parent's lock)."""
+
+    FIRST_PAUSE = 0.00005
+    LONGEST_PAUSE = 0.001
+    WAIT = 30.0  # seconds: SQLite's busy_timeout (make_engine)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd = -1
+        self._pid = 0
+        self._depth = 0  # changed only under the process's lock of writers
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        fd = self._file()
+        held = self._take(fd)
+        self._depth = 1
+        try:
+            yield
+        finally:
+            self._depth = 0
+            if held:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _file(self) -> int:
+        if self._pid != os.getpid():
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._pid = os.getpid()
+        return self._fd
+
+    def _take(self, fd: int) -> bool:
+        pause = self.FIRST_PAUSE
+        deadline = 0.0
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                now = time.monotonic()
+                if not deadline:
+                    deadline = now + self.WAIT
+                elif now >= deadline:
+                    return False
+                time.sleep(pause)
+                pause = min(pause * 2, self.LONGEST_PAUSE)
 
 
 @contextmanager
