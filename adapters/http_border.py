@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from adapters.http_api import _ERROR_RESPONSES, _Call, _object, _run
+from adapters.http_api import _ERROR_RESPONSES, _Call, _object, _run, direct
 from gateway import clearance, metrics, risk, risk_admin, transhipments
 
 router = APIRouter(prefix="/api/v1")
@@ -88,6 +88,7 @@ _PROFILE_BODY = _body_schema(
     openapi_extra=_PROFILE_BODY,
     responses=_ERROR_RESPONSES,
 )
+@direct
 async def create_profile(request: Request) -> JSONResponse:
     view = await _run(
         request, lambda c: risk_admin.create_profile(c.gw, c.actor, c.data), changes=True, json_body=True
@@ -106,6 +107,7 @@ async def list_profiles(request: Request, include_retired: bool = False) -> JSON
     summary="The live consignments a profile would hit and select (officers)",
     responses=_ERROR_RESPONSES,
 )
+@direct
 async def dry_run(request: Request) -> JSONResponse:
     # The raw body is kept like a change's: the only way to read it through _run.
     return JSONResponse(
@@ -157,6 +159,7 @@ async def risk_results(request: Request, ccrn: str) -> JSONResponse:
 @router.post(
     "/risk/targets", status_code=201, summary="Target a CCRN, vehicle or party", responses=_ERROR_RESPONSES
 )
+@direct
 async def add_target(request: Request) -> JSONResponse:
     view = await _run(
         request, lambda c: risk_admin.add_target(c.gw, c.actor, c.data), changes=True, json_body=True
@@ -181,6 +184,7 @@ async def revoke_target(request: Request, target_id: str) -> JSONResponse:
 
 
 @router.post("/offences", status_code=201, summary="Record an offence (officers)", responses=_ERROR_RESPONSES)
+@direct
 async def add_offence(request: Request) -> JSONResponse:
     view = await _run(
         request, lambda c: risk_admin.add_offence(c.gw, c.actor, c.data), changes=True, json_body=True
@@ -205,6 +209,7 @@ async def list_offences(
     openapi_extra=_KIOSK_BODY,
     responses={200: _DECISION, **_ERROR_RESPONSES},
 )
+@direct
 async def kiosk_clearance(request: Request) -> JSONResponse:
     decision = await _run(
         request, lambda c: clearance.decide(c.gw, c.actor, c.data), changes=True, json_body=True
@@ -322,6 +327,7 @@ async def arrival(request: Request, ccrn: str) -> JSONResponse:
     summary="Transhipments overdue at their second control point",
     responses=_ERROR_RESPONSES,
 )
+@direct
 async def overdue(request: Request) -> JSONResponse:
     return JSONResponse(
         {"transhipments": await _run(request, lambda c: transhipments.overdue(c.gw, c.actor))}

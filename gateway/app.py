@@ -4,6 +4,7 @@ errors turned into the catalogue's vocabulary at one edge, and health and metric
 from __future__ import annotations
 
 import errno
+import inspect
 import logging
 import time
 from collections.abc import Callable
@@ -22,6 +23,8 @@ from starlette._utils import get_route_path
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import URLPath
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.exceptions import ExceptionMiddleware
+from starlette.requests import Request as StarletteRequest
 from starlette.routing import BaseRoute, Match, NoMatchFound, Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -83,6 +86,9 @@ class Edge:
     - the login limit on the forms anyone may post (429 before any work; ``ratelimit.login_buckets``);
     - counting and timing by route template (``roadcargo_http_requests``, ``..._request_seconds``);
     - bodies over ``[server] max_body_bytes`` refused with 413 before the application reads them;
+    - then the application: a request for a route the ``index`` names direct (``http_api.direct``)
+      straight to its endpoint, within the application's error ``handlers`` as FastAPI's
+      ExceptionMiddleware calls them; any other through FastAPI's layers (``app``);
     - then, the request done, ``observe`` (the ingest channels' metrics) and the access line.
     """
 
@@ -92,6 +98,8 @@ class Edge:
         metrics: Metrics,
         limit: int,
         limits: LimitsConfig,
+        index: RouteIndex,
+        handlers: dict[Any, Any],
         observe: Callable[[Scope, int, float], None] | None = None,
     ) -> None:
         self.app = app
@@ -99,6 +107,12 @@ class Edge:
         self.limit = limit
         self.login = ratelimit.login_buckets(limits)
         self.observe = observe
+        self.index = index
+        # The handlers FastAPI gives its ExceptionMiddleware: all but the one of Exception (or 500), which
+        # ServerErrorMiddleware, outside this layer, calls. Made when the application is first called,
+        # as FastAPI makes its own, so both see the same handlers.
+        inner = {key: h for key, h in handlers.items() if key not in (500, Exception)}
+        self._endpoint = ExceptionMiddleware(_endpoint, handlers=inner)
         # Children of the labelled metrics by their labels: ``labels()`` checks and locks every time.
         self._counted: dict[tuple[str, str, int], Any] = {}
         self._timed: dict[tuple[str, str], Any] = {}
@@ -143,7 +157,7 @@ class Edge:
                     elif chunked:
                         await self._counted_body(scope, receive, send_with_id)
                     else:  # the server reads exactly Content-Length bytes, no more: nothing to count
-                        await self.app(scope, receive, send_with_id)
+                        await self._application(scope, receive, send_with_id)
                 else:
                     await self._counted_body(scope, receive, send_with_id)
             finally:
@@ -195,11 +209,30 @@ class Edge:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        await self.app(scope, replay, send)
+        await self._application(scope, replay, send)
+
+    async def _application(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self.index.direct(scope)
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        # What the router's match puts in the scope (the route labels the metrics), then the endpoint.
+        scope["endpoint"] = route.endpoint
+        scope["path_params"] = {}
+        scope["route"] = route
+        if "router" not in scope:
+            scope["router"] = self.index.router
+        await self._endpoint(scope, receive, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         error = GatewayError.one("TOO_LARGE", f"the request is over the limit of {self.limit} bytes")
         await _error_response(error, {"Connection": "close"})(scope, receive, send)
+
+
+async def _endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+    """A route's endpoint called straight (``http_api.direct``): it takes the request, gives a Response."""
+    response = await scope["endpoint"](StarletteRequest(scope, receive, send))
+    await response(scope, receive, send)
 
 
 def create_app(gw: Gateway) -> FastAPI:
@@ -327,7 +360,9 @@ def create_app(gw: Gateway) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    app.router.routes.insert(0, RouteIndex(app.router))
+    index = RouteIndex(app.router)
+    app.router.routes.insert(0, index)
+    index._build()  # a handler marked direct that cannot be fails here, not at the first request
     operations_metrics.install(metrics.registry, gw)  # metrics of the ingest channels, queue depths
     app.add_middleware(
         Edge,
@@ -335,6 +370,8 @@ def create_app(gw: Gateway) -> FastAPI:
         limit=gw.config.server.max_body_bytes,
         limits=gw.config.limits,
         observe=operations_metrics.observe_http,
+        index=index,
+        handlers=app.exception_handlers,
     )
     return app
 
@@ -361,7 +398,9 @@ class RouteIndex(BaseRoute):
     prefix instead of trying every route's pattern in turn (2-3 µs each; the kiosk's route is the 35th,
     ~90 µs a request). Candidates are tried in the application's order, so the route found is the one
     the router's own scan would find; when none matches fully, the index does not match and the router
-    scans as usual (405, trailing-slash redirects, 404). Rebuilt when routes are added."""
+    scans as usual (405, trailing-slash redirects, 404). Rebuilt when routes are added.
+
+    It also names, for ``Edge``, the routes it may serve directly (``direct``)."""
 
     FOUND = "roadcargo.route"  # the scope key that carries the route found from matches to handle
 
@@ -371,6 +410,7 @@ class RouteIndex(BaseRoute):
         self._exact: dict[str, list[tuple[int, BaseRoute]]] = {}
         self._prefixed: dict[str, list[tuple[int, BaseRoute]]] = {}
         self._always: list[tuple[int, BaseRoute]] = []
+        self._direct: dict[tuple[str, str], APIRoute] = {}
 
     def _build(self) -> None:
         exact: dict[str, list[tuple[int, BaseRoute]]] = {}
@@ -392,14 +432,35 @@ class RouteIndex(BaseRoute):
             else:
                 always.append((i, route))
         self._exact, self._prefixed, self._always = exact, prefixed, always
+        self._direct = {}
+        for i, route in enumerate(self.router.routes):
+            if isinstance(route, APIRoute) and route.endpoint in http_api.DIRECT:
+                _check_direct(route)
+                for method in route.methods or ():
+                    if self._first_match(method, route.path, i):
+                        self._direct[method, route.path] = route
         self._size = len(self.router.routes)
 
-    def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        if scope["type"] != "http":
-            return Match.NONE, {}
+    def _first_match(self, method: str, path: str, at: int) -> bool:
+        """Every request with this method and path matches the route at ``at`` first: none before it
+        matches, and each of those is a plain route, whose match depends on the method and path only."""
+        scope = {"type": "http", "method": method, "path": path, "root_path": ""}
+        for i, route in self._candidates(path):
+            if i >= at:
+                return i == at
+            if type(route) not in (Route, APIRoute) or route.matches(scope)[0] is Match.FULL:
+                return False
+        return False
+
+    def direct(self, scope: Scope) -> APIRoute | None:
+        """The route of this HTTP request when its endpoint may be called straight (see Edge)."""
         if self._size != len(self.router.routes):
             self._build()
-        path = get_route_path(scope)
+        if scope.get("root_path"):
+            return None
+        return self._direct.get((scope["method"], scope["path"]))
+
+    def _candidates(self, path: str) -> list[tuple[int, BaseRoute]]:
         candidates = [*self._exact.get(path, ()), *self._always]
         prefixed = self._prefixed
         at = path.find("/")
@@ -407,7 +468,14 @@ class RouteIndex(BaseRoute):
             candidates.extend(prefixed.get(path[: at + 1], ()))
             at = path.find("/", at + 1)
         candidates.sort(key=_first)
-        for _i, route in candidates:
+        return candidates
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] != "http":
+            return Match.NONE, {}
+        if self._size != len(self.router.routes):
+            self._build()
+        for _i, route in self._candidates(get_route_path(scope)):
             match, child_scope = route.matches(scope)
             if match is Match.FULL:
                 return Match.FULL, {**child_scope, RouteIndex.FOUND: route}
@@ -422,6 +490,27 @@ class RouteIndex(BaseRoute):
 
 def _first(candidate: tuple[int, BaseRoute]) -> int:
     return candidate[0]
+
+
+def _check_direct(route: APIRoute) -> None:
+    """A handler marked ``http_api.direct`` must be one the edge can call with the request alone."""
+    needs = route.dependant
+    if (
+        type(route) is not APIRoute  # a subclass may match, or handle, otherwise
+        or route.param_convertors  # a path with parameters
+        or not inspect.iscoroutinefunction(route.endpoint)
+        or needs.request_param_name is None
+        or needs.path_params
+        or needs.query_params
+        or needs.header_params
+        or needs.cookie_params
+        or needs.body_params
+        or needs.dependencies
+        or len(inspect.signature(route.endpoint).parameters) != 1
+    ):
+        raise TypeError(
+            f"{route.path}: a handler served directly takes the request only, is async, on an APIRoute"
+        )
 
 
 _STORAGE_FULL = GatewayError.one("STORAGE_FULL", "the data directory is full; nothing was accepted")

@@ -77,18 +77,20 @@ _SECRETS = [
 
 def redact(text: str) -> str:
     """The text with anything that looks like a credential blanked."""
-    if not text.isascii() or "=" in text or ":" in text or "<" in text or "rcg_" in text:
-        for pattern, replacement in _SECRETS:
-            text = pattern.sub(replacement, text)
-        return text
-    # Without those characters only "Bearer xyz" / "Basic xyz" can match (ASCII: ``lower`` folds case
-    # as the patterns do): an access line, the commonest message, is then checked with a few substring
-    # tests instead of four regular expressions.
-    lowered = text.lower()
-    if "bearer" in lowered or "basic" in lowered:
-        pattern, replacement = _SECRETS[0]
-        return pattern.sub(replacement, text)
+    if text.isascii() and "<" not in text and "rcg_" not in text:
+        # Without those, a pattern matches only where one of its words is (ASCII: ``lower`` folds case as
+        # the patterns do): a log line, the access line above all, whose time has colons, is then
+        # checked with a few substring tests instead of four regular expressions (~10 µs).
+        lowered = text.lower()
+        if not any(word in lowered for word in _WORDS):
+            return text
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
     return text
+
+
+# The words of the first and third patterns ("key" covers api_key and apikey, "passw" password and passwd).
+_WORDS = ("bearer", "basic", "pin", "passw", "secret", "key", "token", "authorization")
 
 
 # -- formatters ----------------------------------------------------------------------------------------

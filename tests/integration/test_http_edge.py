@@ -1,14 +1,22 @@
-"""The HTTP edge of gateway.app: the route index in front of the router, and the one middleware layer
-(request ids, login limit, metrics by route, body limit)."""
+"""The HTTP edge of gateway.app: the route index in front of the router, the one middleware layer
+(request ids, login limit, metrics by route, body limit), and the routes it serves directly."""
 
 import dataclasses
+import errno
+import json
 import re
 
 import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from starlette.routing import Match, Route
 
-from gateway import logs
+from adapters import http_api
+from gateway import bundles, clearance, logs, tables
 from gateway.app import RouteIndex, create_app
 from tests.factories import record
 
@@ -172,6 +180,16 @@ def client_factory(gw, party):
         "GET /x/rcg_abcdefghijk 404 0.3 ms",
         "GET /x/token=abc 404 0.3 ms",
         "bearer",
+        "2026-11-27 03:37:18,123 INFO roadcargo.access [0a1b2c]: POST /api/v1/bundles 201 3.2 ms",
+        "2026-11-27 03:37:18,123 INFO roadcargo.access [token:abc]: POST /x 200 1.0 ms",
+        "12:00 PIN:1234",
+        "12:00 passwd='x y'",
+        "12:00 Secret = s3",
+        "12:00 apikey:abc",
+        "12:00 TOKEN:abc",
+        "12:00 authorization:abc",
+        "12:00 Bearer abc",
+        "12:00 Basic abc",
     ],
 )
 def test_the_quick_redaction_of_access_lines_blanks_what_the_patterns_blank(line):
@@ -179,3 +197,198 @@ def test_the_quick_redaction_of_access_lines_blanks_what_the_patterns_blank(line
     for pattern, replacement in logs._SECRETS:
         expected = pattern.sub(replacement, expected)
     assert logs.redact(line) == expected
+
+
+# -- the routes served directly (http_api.direct): the same answers without FastAPI's layers ----------------
+
+HOT = ["/api/v1/kiosk/clearances", "/api/v1/bundles"]
+WELL_FORMED = {  # a request the forwarder may not make
+    HOT[0]: b'{"control_point": "LMC", "lane": "1", "vehicle": "AB1", "driver_document": "K1"}',
+    HOT[1]: b'{"vehicle": "AB1", "control_point": "LMC", "ccrns": ["123456789012"]}',
+}
+
+
+def test_the_hot_routes_are_served_directly_and_nothing_else_on_their_paths(gw):
+    index = create_app(gw).router.routes[0]
+    for path in [*HOT, "/api/v1/consignments"]:
+        route = index.direct(_scope("POST", path))
+        assert isinstance(route, APIRoute) and route.endpoint in http_api.DIRECT
+        assert index.matches(_scope("POST", path))[1][RouteIndex.FOUND] is route  # the router's own pick
+    assert index.direct(_scope("GET", "/api/v1/kiosk/clearances")) is None  # takes a query parameter
+    assert index.direct(_scope("GET", "/api/v1/bundles")) is None  # 405 from the router
+    assert index.direct(_scope("POST", "/api/v1/bundles/")) is None  # the router's slash redirect
+    assert index.direct({**_scope("POST", "/gw/api/v1/bundles"), "root_path": "/gw"}) is None
+
+
+def test_a_route_ahead_of_a_direct_one_on_its_path_still_answers(gw):
+    app = create_app(gw)
+
+    async def ahead(request: Request) -> JSONResponse:
+        return JSONResponse({"ahead": True})
+
+    app.router.routes.insert(1, Route("/api/v1/bundles", ahead, methods=["POST"]))
+    with TestClient(app) as client:
+        assert client.post("/api/v1/bundles", json={}).json() == {"ahead": True}
+        r = client.post("/api/v1/kiosk/clearances", json={})
+        assert r.status_code == 401 and r.json()["errors"][0]["code"] == "UNAUTHORIZED"
+    index = app.router.routes[0]
+    assert index.direct(_scope("POST", "/api/v1/bundles")) is None
+    assert index.direct(_scope("POST", "/api/v1/kiosk/clearances")) is not None
+
+
+async def _with_a_query(request: Request, vehicle: str | None = None) -> JSONResponse:
+    return JSONResponse({})
+
+
+async def _on_a_path_with_a_parameter(request: Request) -> JSONResponse:
+    return JSONResponse({})
+
+
+def _sync(request: Request) -> JSONResponse:
+    return JSONResponse({})
+
+
+@pytest.mark.parametrize(
+    "path, endpoint",
+    [("/marked", _with_a_query), ("/marked/{x}", _on_a_path_with_a_parameter), ("/marked", _sync)],
+)
+def test_a_handler_marked_direct_that_needs_more_than_the_request_is_refused(path, endpoint):
+    app = FastAPI()
+    app.post(path)(http_api.direct(endpoint))
+    try:
+        with pytest.raises(TypeError, match="/marked"):
+            RouteIndex(app.router).direct(_scope("POST", "/marked"))
+    finally:
+        http_api.DIRECT.discard(endpoint)
+
+
+@pytest.fixture
+def straight(gw, monkeypatch):
+    """A client of the app whose router fails the POSTs it is given: the direct routes do not need it."""
+    handle = RouteIndex.handle
+
+    async def not_for_posts(self, scope, receive, send):
+        assert scope["method"] != "POST", f"{scope['path']} went through the router"
+        await handle(self, scope, receive, send)
+
+    monkeypatch.setattr(RouteIndex, "handle", not_for_posts)
+    with TestClient(create_app(gw), raise_server_exceptions=False) as client:
+        yield client
+
+
+def _keys(party):
+    _f, forwarder = party.add(name="Forwarder")
+    _d, driver = party.add(role="driver", name="Driver")
+    _k, kiosk = party.add(role="kiosk", name="LMC kiosk", control_point="LMC")
+    return {"forwarder": forwarder, "/api/v1/bundles": driver, "/api/v1/kiosk/clearances": kiosk}
+
+
+def _sent(key=None, rid="rid-1", **headers):
+    return {**({"Authorization": f"Bearer {key}"} if key else {}), "X-Request-ID": rid, **headers}
+
+
+def _counted(client, path, status):
+    line = f'roadcargo_http_requests_total{{method="POST",route="{path}",status="{status}"}} '
+    return [float(x.split()[-1]) for x in client.get("/metrics").text.splitlines() if x.startswith(line)]
+
+
+@pytest.mark.parametrize("path", HOT)
+def test_errors_of_a_direct_route_keep_their_envelope_request_id_metrics_and_access_line(
+    straight, party, path, caplog
+):
+    keys = _keys(party)
+    caplog.set_level("INFO", logger="roadcargo.access")
+    cases = [
+        (_sent(rid="e-401"), b"{}", 401, "UNAUTHORIZED"),
+        (
+            _sent(keys["forwarder"], "e-403", **{"Content-Type": "application/json"}),
+            WELL_FORMED[path],
+            403,
+            "FORBIDDEN",
+        ),
+        (_sent(keys[path], "e-400", **{"Content-Type": "application/json"}), b"{", 400, "MALFORMED"),
+        (_sent(keys[path], "e-415", **{"Content-Type": "text/plain"}), b"{}", 415, "UNSUPPORTED_MEDIA_TYPE"),
+        (_sent(keys[path], "e-422", **{"Content-Type": "application/json"}), b'{"x": 1}', 422, None),
+    ]
+    for headers, body, status, code in cases:
+        r = straight.post(path, content=body, headers=headers)
+        assert r.status_code == status, r.text
+        assert r.headers["x-request-id"] == headers["X-Request-ID"]
+        errors = r.json()["errors"]
+        assert errors and all(set(e) == {"code", "field", "message"} for e in errors)
+        assert code is None or errors[0]["code"] == code
+        assert _counted(straight, path, status) == [1.0]
+    lines = [r.getMessage().rsplit(" ", 2)[0] for r in caplog.records if r.name == "roadcargo.access"]
+    assert [line for line in lines if line.startswith("POST")] == [f"POST {path} {c[2]}" for c in cases]
+
+
+@pytest.mark.parametrize("path", HOT)
+def test_a_party_over_its_limit_on_a_direct_route_gets_429_with_retry_after(gw, party, path):
+    gw.config = dataclasses.replace(
+        gw.config, limits=dataclasses.replace(gw.config.limits, requests_per_second=0.001, burst=1)
+    )
+    key = _keys(party)[path]  # registering took the one request of the burst
+    with TestClient(create_app(gw)) as client:
+        r = client.post(path, json={}, headers=_sent(key, "busy-1"))
+        assert r.status_code == 429 and r.json()["errors"][0]["code"] == "RATE_LIMITED"
+        assert int(r.headers["retry-after"]) > 60 and r.headers["x-request-id"] == "busy-1"
+
+
+FAULTS = [
+    (OSError(errno.ENOSPC, "No space left on device"), 507, "STORAGE_FULL", None),
+    (OperationalError("SELECT 1", {}, Exception("connection refused")), 503, "UNAVAILABLE", "5"),
+    (RuntimeError("a bug"), 500, "INTERNAL", None),
+]
+
+
+@pytest.mark.parametrize("fault, status, code, retry_after", FAULTS)
+@pytest.mark.parametrize(
+    "path, module, work", [(HOT[0], clearance, "decide"), (HOT[1], bundles, "bundle_outcome")]
+)
+def test_faults_in_a_direct_route_are_answered_as_everywhere(
+    straight, party, monkeypatch, path, module, work, fault, status, code, retry_after, caplog
+):
+    def failing(*args, **kwargs):
+        raise fault
+
+    monkeypatch.setattr(module, work, failing)
+    r = straight.post(path, json={"control_point": "LMC"}, headers=_sent(_keys(party)[path], "f-1"))
+    assert r.status_code == status and [e["code"] for e in r.json()["errors"]] == [code]
+    assert r.headers.get("retry-after") == retry_after
+    assert _counted(straight, path, status) == [1.0]
+    if status == 500:  # answered by the handler of last resort, outside the edge, as on every route
+        assert any(r.exc_info and r.exc_info[1] is fault for r in caplog.records)
+    else:
+        assert r.headers["x-request-id"] == "f-1"
+
+
+def test_a_direct_route_keeps_the_raw_body_and_audit_rows_with_the_request_id_also_chunked(straight, party):
+    keys = _keys(party)
+    filer = {"Authorization": f"Bearer {keys['forwarder']}"}
+    ccrns = [
+        straight.post("/api/v1/consignments", json=record(submitter_reference=f"R{i}"), headers=filer).json()[
+            "ccrn"
+        ]
+        for i in range(2)
+    ]
+    body = json.dumps({"vehicle": "AB1234", "control_point": "LMC", "ccrns": ccrns}).encode()
+
+    def chunks():  # no Content-Length: the edge counts the body and replays it
+        yield body[:10]
+        yield body[10:]
+
+    headers = _sent(keys["/api/v1/bundles"], "bundle-7", **{"Content-Type": "application/json"})
+    r = straight.post("/api/v1/bundles", content=chunks(), headers=headers)
+    assert r.status_code == 201 and r.headers["x-request-id"] == "bundle-7", r.text
+    with straight.app.state.gateway.engine.connect() as conn:
+        raw = conn.execute(
+            select(tables.raw_messages.c.body, tables.raw_messages.c.request_id).where(
+                tables.raw_messages.c.request_id == "bundle-7"
+            )
+        ).all()
+        audited = conn.scalars(
+            select(tables.audit_log.c.action).where(tables.audit_log.c.request_id == "bundle-7")
+        ).all()
+    assert [bytes(row.body) for row in raw] == [body]
+    assert "bundle.create" in audited
+    assert _counted(straight, "/api/v1/bundles", 201) == [1.0]
