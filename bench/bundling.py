@@ -10,9 +10,10 @@ bundling one to three CCRNs with its own vehicle, spread over the six control po
 tomorrow at 08:00 (so that the hour a run starts at does not matter), while the Immigration simulator
 takes the advance notices the gateway sends in the background. In the same run it times /healthz round
 trips with the same connections, the floor of any request through the stack. It
-prints bundles/s, p50/p99 latency, the ratio to /healthz, and the CPU time the gateway's processes and
-the load generator spent per bundle (on a machine shared with other work, the CPU figures are the
-steadier ones). The load generator is harness.RawClient: pre-built requests on keep-alive connections.
+prints bundles/s, p50/p99 latency, the ratio to /healthz, and the CPU time the gateway's processes,
+PostgreSQL (its processes on this machine, "-" on SQLite, whose work is the gateway's own) and the load
+generator spent per bundle (on a machine shared with other work, the CPU figures are the steadier ones).
+The load generator is harness.RawClient: pre-built requests on keep-alive connections.
 
 Two ways to load it. By default each client sends its next request as soon as its answer is in (closed
 loop): that measures the most the gateway can do, and with 32 clients always waiting the latency is
@@ -47,12 +48,14 @@ from bench.harness import (  # noqa: E402
     children,
     connect_all,
     cpu_seconds,
+    database_cpu,
     drive,
     drive_paced,
     free_port,
     health,
     load,
     machine,
+    ms_each,
     run_async,
     start_gateways,
     stop,
@@ -182,10 +185,13 @@ def bench(
         wait_until_up(f"http://127.0.0.1:{sim_port}/immigration?wsdl", "the Immigration simulator")
         procs, ports = start_gateways(label, processes, env, workdir, worker)
         pids = [pid for proc in procs for pid in children(proc.pid)]
+        database = database_cpu(url)
+        db_before = database() if database is not None else 0.0
         before, sim_before = cpu_seconds(pids), cpu_seconds([sim.pid])
         result: dict[str, Any] = run_async(lambda: _run(ports, keys, plan, arrival, rate))
         result["server_cpu"] = cpu_seconds(pids) - before
         result["sim_cpu"] = cpu_seconds([sim.pid]) - sim_before
+        result["db_cpu"] = database() - db_before if database is not None else None
         result["load"] = load()
         return result
     finally:
@@ -230,9 +236,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, storages(Path(tmp), args.pg, args.skip_sqlite) as runs:
         print(
             "| storage | bundles/s | p50 ms | p99 ms | /healthz/s | /healthz p99 ms | vs /healthz "
-            "| server CPU ms/bundle | client CPU ms/bundle | errors |"
+            "| server CPU ms/bundle | database CPU ms/bundle | client CPU ms/bundle | errors |"
         )
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for label, url in runs:
             r = bench(
                 label, url, args.bundles, args.clients, Path(tmp), args.processes, args.rate, args.worker
@@ -241,7 +247,8 @@ def main() -> None:
             print(
                 f"| {label} | {run.per_s:.0f} | {run.ms(50):.1f} | {run.ms(99):.1f} | "
                 f"{hz.per_s:.0f} | {hz.ms(99):.1f} | {run.per_s / hz.per_s:.2f}x | "
-                f"{r['server_cpu'] / n * 1000:.2f} | {r['client_cpu'] / n * 1000:.2f} | {len(r['errors'])} |",
+                f"{r['server_cpu'] / n * 1000:.2f} | {ms_each(r['db_cpu'], n)} | "
+                f"{r['client_cpu'] / n * 1000:.2f} | {len(r['errors'])} |",
                 flush=True,
             )
             print(f"  simulator CPU {r['sim_cpu'] / n * 1000:.2f} ms/bundle; {r['load']} at the end")

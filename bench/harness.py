@@ -1,6 +1,6 @@
 """What the HTTP benchmarks share: free ports, waiting for a server, the storages to run on (a fresh
 SQLite file, and a PostgreSQL database made for the run and dropped after it), the machine line, a lean
-HTTP/1.1 load generator, and the CPU time a process used.
+HTTP/1.1 load generator, and the CPU time a process (or the local PostgreSQL server) used.
 
 The load generator runs on the same machine as the gateway, so what it costs is taken from the server:
 httpx spends about as much CPU per request as the gateway's own /healthz does. :class:`RawClient` keeps
@@ -273,6 +273,55 @@ def cpu_seconds(pids: list[int]) -> float:
             continue
         total += sum(int(x) for x in fields[11:15]) / tick  # utime stime cutime cstime
     return total
+
+
+def postgres_cpu_seconds(database: str | None = None) -> float:
+    """User + system CPU of the local PostgreSQL server so far (Linux /proc): the postmaster, its own
+    processes (WAL writer, checkpointer, autovacuum), its live backends, and, through the postmaster's
+    children's times, the backends that have ended. With ``database``, the live backends of other
+    databases are left out (other work on a shared server); ended ones cannot be told apart and count.
+    Only a server on this machine, readable by this user, can be seen: 0.0 otherwise."""
+    found: dict[str, tuple[str, list[str], str]] = {}  # pid: (parent, stat fields, title)
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                name, rest = f.read().split("(", 1)[1].rsplit(")", 1)
+            if name != "postgres":
+                continue
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                title = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+        fields = rest.split()
+        found[entry.name] = (fields[1], fields, title)
+    total = 0
+    for parent, fields, title in found.values():
+        # A client backend's title names its user, database and client ("user db 127.0.0.1(5432) idle").
+        client = "(" in title or "[local]" in title
+        if database is not None and client and f" {database} " not in title:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime stime
+        if parent not in found:  # the postmaster: with the backends it has reaped
+            total += int(fields[13]) + int(fields[14])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def database_cpu(url: str) -> Callable[[], float] | None:
+    """A reading of the database server's CPU seconds for a run on ``url``: PostgreSQL's processes
+    (``postgres_cpu_seconds`` of that database); None on SQLite, whose work is inside the gateway's
+    own processes."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        return None
+    database = parsed.database
+    return lambda: postgres_cpu_seconds(database)
+
+
+def ms_each(seconds: float | None, n: int) -> str:
+    """Milliseconds per request for a table, or "-" where it was not measured."""
+    return "-" if seconds is None else f"{seconds / n * 1000:.2f}"
 
 
 def children(pid: int) -> list[int]:

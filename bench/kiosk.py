@@ -12,8 +12,9 @@ concurrent kiosks, each a kiosk party bound to its control point, spread over th
 once the gateway has delivered every bundle's advance notice to the simulator (at a border that happens
 at bundling, long before the truck arrives: it is not the kiosk's work).
 In the same run it times /healthz round trips with the same connections, the floor of any request through
-the stack. It prints decisions/s, p50/p99 latency, the ratio to /healthz, the CPU time the gateway, the
-simulator and the load generator (harness.RawClient) spent per decision, and the decisions' mix.
+the stack. It prints decisions/s, p50/p99 latency, the ratio to /healthz, the CPU time the gateway, PostgreSQL
+(its processes on this machine, "-" on SQLite, whose work is the gateway's own), the simulator and the
+load generator (harness.RawClient) spent per decision, and the decisions' mix.
 
 By default each kiosk sends its next request as soon as its answer is in (closed loop: the most the
 gateway can do; with 32 kiosks always waiting the latency is 32 / throughput by construction). With
@@ -48,12 +49,14 @@ from bench.harness import (  # noqa: E402
     children,
     connect_all,
     cpu_seconds,
+    database_cpu,
     drive,
     drive_paced,
     free_port,
     health,
     load,
     machine,
+    ms_each,
     run_async,
     start_gateways,
     stop,
@@ -201,10 +204,13 @@ def bench(
         procs, ports = start_gateways(label, processes, env, workdir, worker)
         _notices_delivered(sim_port, decisions)
         pids = [pid for proc in procs for pid in children(proc.pid)]
+        database = database_cpu(url)
+        db_before = database() if database is not None else 0.0
         before, sim_before = cpu_seconds(pids), cpu_seconds([sim.pid])
         result: dict[str, Any] = run_async(lambda: _run(ports, keys, points, plan, rate))
         result["server_cpu"] = cpu_seconds(pids) - before
         result["sim_cpu"] = cpu_seconds([sim.pid]) - sim_before
+        result["db_cpu"] = database() - db_before if database is not None else None
         result["load"] = load()
         return result
     finally:
@@ -246,9 +252,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, storages(Path(tmp), args.pg, args.skip_sqlite) as runs:
         print(
             "| storage | decisions/s | p50 ms | p99 ms | /healthz/s | /healthz p99 ms | vs /healthz "
-            "| server CPU ms/decision | simulator CPU ms/decision | client CPU ms/decision | errors |"
+            "| server CPU ms/decision | database CPU ms/decision | simulator CPU ms/decision "
+            "| client CPU ms/decision | errors |"
         )
-        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for label, url in runs:
             r = bench(
                 label, url, args.decisions, args.kiosks, Path(tmp), args.processes, args.rate, args.worker
@@ -257,8 +264,8 @@ def main() -> None:
             print(
                 f"| {label} | {run.per_s:.0f} | {run.ms(50):.1f} | {run.ms(99):.1f} | "
                 f"{hz.per_s:.0f} | {hz.ms(99):.1f} | {run.per_s / hz.per_s:.2f}x | "
-                f"{r['server_cpu'] / n * 1000:.2f} | {r['sim_cpu'] / n * 1000:.2f} | "
-                f"{r['client_cpu'] / n * 1000:.2f} | {len(r['errors'])} |",
+                f"{r['server_cpu'] / n * 1000:.2f} | {ms_each(r['db_cpu'], n)} | "
+                f"{r['sim_cpu'] / n * 1000:.2f} | {r['client_cpu'] / n * 1000:.2f} | {len(r['errors'])} |",
                 flush=True,
             )
             print(f"  decisions: {r['mix']}; {r['load']} at the end")

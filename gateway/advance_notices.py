@@ -75,7 +75,7 @@ class Delivery:
 def enqueue(conn: Connection, gw: Gateway, bundle: Any) -> None:
     """A notice for a bundle just made, in the bundle's transaction."""
     now = gw.now()
-    _ENQUEUE.run(
+    _ENQUEUE.send(  # sent: in a pipeline, with the statements around it
         conn,
         {
             "bundle_id": bundle.bundle_id,

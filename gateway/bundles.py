@@ -25,7 +25,7 @@ from gateway.context import Actor, Gateway, audit, audit_values, iso_hk
 from gateway.errors import GatewayError, Problem
 from gateway.identifiers import ccrn_problem, normalise_vrn, vrn_problem
 from gateway.parties import require_active
-from gateway.prepared import Prepared
+from gateway.prepared import Prepared, pipeline
 from gateway.record import Crossing
 
 MAX_CCRNS = 99  # a truck's worth; more is a mistake, not a load
@@ -36,6 +36,7 @@ BUNDLERS = frozenset({"driver", "service_provider"})
 
 # Statements built once: building and cache-keying a Core statement for every execution cost more CPU
 # than SQLite's work on it (a bundle is on the clock: design section 6 asks 300 a second).
+_V = tables.consignment_versions
 _LOCK = Prepared(  # the columns the rules read, not the whole row: each datetime read costs a conversion
     select(
         _C.c.ccrn,
@@ -46,10 +47,16 @@ _LOCK = Prepared(  # the columns the rules read, not the whole row: each datetim
         _C.c.control_point,
         _C.c.crossing_to,  # expiry
         _C.c.amended_at,  # the earliest crossing
+        # what profiling the bundled consignments looks at: a version is never changed, so the record
+        # read with the locked row is the one that is profiled
+        _C.c.version,
+        _C.c.filer_id,
+        _V.c.record,
     )
+    .join(_V, (_V.c.ccrn == _C.c.ccrn) & (_V.c.version == _C.c.version))
     .where(_C.c.ccrn.in_(bindparam("ccrns", expanding=True)))
     .order_by(_C.c.ccrn)
-    .with_for_update()
+    .with_for_update(of=_C)
 )
 # Only the primary key in the WHERE: the rows are locked and checked (LODGED, in no bundle) in this
 # transaction before. Conditions on status and bundle_id here let PostgreSQL's planner read the status
@@ -69,6 +76,11 @@ _PUT_BACK = (
     update(_I)
     .where(_I.c.bundle_id == bindparam("b_bundle"), _I.c.ccrn == bindparam("b_ccrn"))
     .values(position=bindparam("position"), added_at=bindparam("added_at"), removed_at=None)
+)
+_RESLOT = Prepared(
+    update(_B)
+    .where(_B.c.bundle_id == bindparam("key"))
+    .values(slot_start=bindparam("slot_start"), slot_end=bindparam("slot_end"))
 )
 _ADD_ITEM = Prepared(insert(_I))
 _ADD_BUNDLE = Prepared(insert(_B))
@@ -207,14 +219,15 @@ def _attach(
     fresh: bool = False,
 ) -> list[dict[str, Any]]:
     """Put the (locked, checked) consignments in the bundle: a handful of statements however many there
-    are. Returns the audit rows, for the caller to write with its own in one statement."""
+    are (a new bundle's only sent, so they may go in a ``pipeline``). Returns the audit rows, for the
+    caller to write with its own in one statement."""
     if not ccrns:
         return []
     now = gw.now()
     unmovable = [c for c in ccrns if rows[c].status != "LODGED" or rows[c].bundle_id is not None]
     if unmovable:  # pragma: no cover - the row locks and the checks make this unreachable; a guard
         raise GatewayError.one("ALREADY_BUNDLED", "a consignment was bundled meanwhile", "ccrns")
-    _MOVE_IN.run(conn, {"ccrns": list(ccrns), "into": bundle.bundle_id, "now": now})
+    _MOVE_IN.send(conn, {"ccrns": list(ccrns), "into": bundle.bundle_id, "now": now})
     first, back = 0, set()
     if not fresh:  # a CCRN taken off this bundle earlier may be put back on
         first = int(
@@ -241,9 +254,9 @@ def _attach(
         )
     new_items = [i for i in items if i["ccrn"] not in back]
     if new_items:
-        _ADD_ITEM.run(conn, new_items)
+        _ADD_ITEM.send(conn, new_items)
     data = _event_data(bundle)
-    _EVENTS.run(
+    _EVENTS.send(
         conn,
         [
             {
@@ -371,7 +384,17 @@ def bundle_outcome(
             with gw.engine.begin() as conn:
                 if actor.role != "driver":
                     _load_driver(conn, driver_id)
-                rows = _lock_consignments(conn, wanted)
+                risk.secret(conn, gw)  # read once per process; in a pipeline only Prepared may run
+                # The slot's target is never earlier than this (``_earliest``, ``arrival``).
+                not_before = gw.now() + timedelta(minutes=gw.config.rules.bundle_lead_minutes)
+                if arrival is not None:
+                    not_before = max(not_before, arrival)
+                # One round trip: the consignments locked, and what bundling them will read.
+                with pipeline(conn):
+                    locked = _LOCK.send(conn, {"ccrns": sorted(wanted)})
+                    ahead = risk.Ahead(conn, gw, [*wanted, vrn, driver_id], filers_of=wanted)
+                    full = slots.FullAhead(conn, control_point, cp, not_before)
+                rows = {r.ccrn: r for r in locked.all()}
                 direction = _check_consignments(gw, rows, wanted, None, control_point, problems)
                 if problems:
                     how = {
@@ -391,7 +414,7 @@ def bundle_outcome(
                 # The slot's row is locked from its booking to the commit, and every bundler of that
                 # slot queues on it: so it is booked last, after the bundle is written and profiled
                 # with the slot it will most likely get (the first that had room when read).
-                hint = slots.with_room(conn, control_point, cp, target)
+                hint = slots.with_room(conn, control_point, cp, target, ahead=full)
                 booked_now = not hint
                 slot_start, slot_end = hint[0] if hint else slots.book(conn, control_point, cp, target)
                 values = {
@@ -410,33 +433,41 @@ def bundle_outcome(
                     "created_at": now,
                     "updated_at": now,
                 }
-                # No savepoint: a vehicle with a live bundle (or a bundle id drawn twice) fails the
-                # insert, the whole transaction rolls back, and the handler below tells which it was.
-                inserting = True
-                _ADD_BUNDLE.run(conn, values)
-                inserting = False
                 row = SimpleNamespace(**values)
-                audits = _attach(conn, gw, actor, row, rows, wanted, fresh=True)
-                risk.reprofile(conn, gw, wanted, "BUNDLE")
+                # One round trip: the bundle written and profiled, and its slot booked (last: every
+                # bundler of that slot queues on its row until this transaction ends).
+                with pipeline(conn):
+                    # No savepoint: a vehicle with a live bundle (or a bundle id drawn twice) fails the
+                    # insert, the whole transaction rolls back, and the handler below tells which it
+                    # was (in the pipeline nothing after the insert can fail on a key).
+                    inserting = True
+                    _ADD_BUNDLE.send(conn, values)
+                    audits = _attach(conn, gw, actor, row, rows, wanted, fresh=True)
+                    _profile(conn, gw, rows, row, ahead)
+                    taking = (
+                        None
+                        if booked_now
+                        else slots.send_take(conn, control_point, slot_start, cp.slot_capacity)
+                    )
+                inserting = False
                 booked = (
                     (slot_start, slot_end)
                     if booked_now
-                    else slots.book(conn, control_point, cp, target, hint)
+                    else slots.book(conn, control_point, cp, target, hint, taking)
                 )
-                if booked != (slot_start, slot_end):  # that slot was full: a later one, profiled again
-                    values["slot_start"], values["slot_end"] = booked
-                    conn.execute(
-                        update(_B)
-                        .where(_B.c.bundle_id == bundle_id)
-                        .values(slot_start=booked[0], slot_end=booked[1])
+                with pipeline(conn):  # one round trip: the last rows with the COMMIT
+                    if booked != (slot_start, slot_end):  # that slot was full: a later one, profiled again
+                        values["slot_start"], values["slot_end"] = booked
+                        _RESLOT.send(conn, {"key": bundle_id, "slot_start": booked[0], "slot_end": booked[1]})
+                        row = SimpleNamespace(**values)
+                        _profile(conn, gw, rows, row, ahead)
+                    audits.append(
+                        audit_values(gw, actor, "bundle.create", "bundle", bundle_id, None, _jsonable(values))
                     )
-                    row = SimpleNamespace(**values)
-                    risk.reprofile(conn, gw, wanted, "BUNDLE")
-                audits.append(
-                    audit_values(gw, actor, "bundle.create", "bundle", bundle_id, None, _jsonable(values))
-                )
-                _AUDITS.run(conn, audits)
-                advance_notices.enqueue(conn, gw, row)  # Immigration's advance notice, in this transaction
+                    _AUDITS.send(conn, audits)
+                    # Immigration's advance notice, in this transaction
+                    advance_notices.enqueue(conn, gw, row)
+                    conn.commit()
                 return _view(conn, row, list(wanted)), True
         except IntegrityError:
             if not inserting:
@@ -450,6 +481,24 @@ def bundle_outcome(
                     ) from None
             continue  # the bundle id was drawn twice
     raise GatewayError.one("UNAVAILABLE", "could not create the bundle now; retry")
+
+
+def _profile(
+    conn: Connection, gw: Gateway, rows: dict[str, Row[Any]], bundle: Any, ahead: risk.Ahead
+) -> None:
+    """Profile the bundled consignments (``risk.reprofile``'s results) from their rows read under lock,
+    as they will cross: in the bundle's vehicle, with its driver, at its slot."""
+    risk.assess_held(
+        conn,
+        gw,
+        list(rows.values()),
+        {ccrn: json.loads(r.record) for ccrn, r in rows.items()},
+        "BUNDLE",
+        crossing_at=max(bundle.slot_start, bundle.earliest_crossing),
+        vehicle=bundle.vehicle,
+        driver=bundle.driver_id,
+        ahead=ahead,
+    )
 
 
 def _jsonable(values: dict[str, Any]) -> dict[str, Any]:

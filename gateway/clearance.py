@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import namedtuple
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -27,7 +28,7 @@ from gateway.context import Actor, Gateway, audit, audit_values, iso_hk
 from gateway.errors import GatewayError, Problem
 from gateway.identifiers import normalise_vrn, vrn_problem
 from gateway.immigration import ClearanceQuery
-from gateway.prepared import Prepared
+from gateway.prepared import Pending, Prepared, pipeline
 
 log = logging.getLogger("roadcargo.clearance")
 
@@ -72,13 +73,24 @@ _LIVE_BUNDLE_LOCKED = Prepared(
     .where(_B.c.live_vehicle == bindparam("vehicle"))
     .with_for_update(of=_B)
 )
-# The first look, before Immigration is asked, also reads the asking kiosk's binding.
+# The first look, before Immigration is asked, also reads the asking kiosk's binding, and the bundle's
+# members with it: one row per member (one with no member for a bundle without any).
+_MEMBER_NAMES = [f"member_{c.name}" for c in _MEMBER_COLUMNS]
+_Member = namedtuple("_Member", [c.name for c in _MEMBER_COLUMNS])  # type: ignore[misc]
 _LIVE_BUNDLE = Prepared(
     select(
         *_BUNDLE_COLUMNS,
         _SETTING.scalar_subquery().label("contingency"),
         _BOUND.scalar_subquery().label("bound"),
-    ).where(_B.c.live_vehicle == bindparam("vehicle"))
+        *(c.label(name) for c, name in zip(_MEMBER_COLUMNS, _MEMBER_NAMES, strict=True)),
+    )
+    .select_from(
+        _B.outerjoin(_I, (_I.c.bundle_id == _B.c.bundle_id) & _I.c.removed_at.is_(None)).outerjoin(
+            _C, _C.c.ccrn == _I.c.ccrn
+        )
+    )
+    .where(_B.c.live_vehicle == bindparam("vehicle"))
+    .order_by(_C.c.ccrn)
 )
 _MEMBERS = Prepared(
     select(*_MEMBER_COLUMNS)
@@ -98,6 +110,9 @@ _MEMBERS_LOCKED = Prepared(
 )
 _OPEN_INSPECTION = select(_N).where(_N.c.bundle_id == bindparam("bundle_id"), _N.c.status == "OPEN")
 _TRANSHIPS = select(_X).where(_X.c.ccrn.in_(bindparam("ccrns", expanding=True)))
+_BUNDLE_ARRIVED = Prepared(
+    update(_B).where(_B.c.bundle_id == bindparam("key")).values(status="ARRIVED", updated_at=bindparam("now"))
+)
 _BUNDLE_CROSSED = Prepared(
     update(_B)
     .where(_B.c.bundle_id == bindparam("key"))
@@ -112,6 +127,7 @@ _MOVE = (
     .values(status_version=_C.c.status_version + 1, updated_at=bindparam("now"))
 )
 _MOVE_TO = _MOVE.values(status=bindparam("to"))
+_MOVES = {False: Prepared(_MOVE), True: Prepared(_MOVE_TO)}  # by whether the status changes
 # Arrived and crossed in one decision: two status changes, each with its event and audit row, in one
 # UPDATE.
 _ARRIVE_AND_CROSS = Prepared(
@@ -247,17 +263,28 @@ def set_contingency(gw: Gateway, actor: Actor, control_point: str, active: Any) 
 # -- reading the store ---------------------------------------------------------------------------------
 
 
-def _live_bundle(conn: Connection, req: KioskRequest, actor: Actor, lock: bool) -> Any:
-    """The vehicle's live bundle (or None) with the contingency switch (and, unlocked, the kiosk's
-    binding)."""
-    params = {"vehicle": req.vehicle, "name": _CONTINGENCY + req.control_point}
-    if lock:
-        return _LIVE_BUNDLE_LOCKED.first(conn, params)
-    return _LIVE_BUNDLE.first(conn, {**params, "party_id": actor.party_id})
+def _first_look(conn: Connection, req: KioskRequest, actor: Actor) -> tuple[Any, list[Any]]:
+    """The vehicle's live bundle (or None) with the contingency switch and the kiosk's binding, and
+    its members."""
+    params = {"vehicle": req.vehicle, "name": _CONTINGENCY + req.control_point, "party_id": actor.party_id}
+    rows = _LIVE_BUNDLE.all(conn, params)
+    if not rows:
+        return None, []
+    width = len(_MEMBER_NAMES)
+    members = [_Member._make(r[-width:]) for r in rows if r[-width] is not None]
+    return rows[0], members
 
 
-def _plan(conn: Connection, gw: Gateway, req: KioskRequest, lock: bool, bundle: Any) -> Plan:
-    """What the store says; ``bundle`` is what ``_live_bundle`` read in this transaction."""
+def _live_bundle(conn: Connection, req: KioskRequest) -> Pending:
+    """The vehicle's live bundle (or None), locked, with the contingency switch, sent."""
+    return _LIVE_BUNDLE_LOCKED.send(conn, {"vehicle": req.vehicle, "name": _CONTINGENCY + req.control_point})
+
+
+def _plan(
+    conn: Connection, gw: Gateway, req: KioskRequest, lock: bool, bundle: Any, members: list[Any] | None
+) -> Plan:
+    """What the store says; ``bundle`` is what ``_live_bundle`` read in this transaction, ``members``
+    its members read with it (None: read here)."""
     from gateway.consignments import expiry_due  # the lifecycle's own rule
 
     plan = Plan()
@@ -280,7 +307,9 @@ def _plan(conn: Connection, gw: Gateway, req: KioskRequest, lock: bool, bundle: 
     if bundle.control_point != req.control_point:
         plan.early = Verdict("NOT_READY", ["WRONG_CONTROL_POINT"])
         return plan
-    plan.members = (_MEMBERS_LOCKED if lock else _MEMBERS).all(conn, {"bundle_id": bundle.bundle_id})
+    if members is None:
+        members = (_MEMBERS_LOCKED if lock else _MEMBERS).all(conn, {"bundle_id": bundle.bundle_id})
+    plan.members = members
     if not plan.members or any(m.status not in ("BUNDLED", "ARRIVED") for m in plan.members):
         plan.early = Verdict("NOT_READY", ["NO_BUNDLE"])
         return plan
@@ -364,7 +393,7 @@ def decide(gw: Gateway, actor: Actor, data: Any) -> dict[str, Any]:
                 # Read committed: each statement sees its own snapshot, in a transaction or not; the
                 # first reading is checked again under lock. No BEGIN and ROLLBACK round trips.
                 conn.execution_options(isolation_level="AUTOCOMMIT")
-            bundle = _live_bundle(conn, req, actor, lock=False)
+            bundle, members = _first_look(conn, req, actor)
 
             def bound() -> str | None:
                 if bundle is not None:
@@ -373,7 +402,7 @@ def decide(gw: Gateway, actor: Actor, data: Any) -> dict[str, Any]:
 
             _authorise(actor, req.control_point, bound)
             authorised = True
-            first = _plan(conn, gw, req, False, bundle)
+            first = _plan(conn, gw, req, False, bundle, members)
         return _decide(gw, actor, req, first)
     except Exception:
         if not authorised:  # a refused caller gets its error, not a decision
@@ -390,7 +419,7 @@ def _decide(gw: Gateway, actor: Actor, req: KioskRequest, first: Plan) -> dict[s
         driver = first.bundle.driver_id if first.bundle is not None else None
         answer = ask_immigration(gw, req, driver)
     with gw.engine.begin() as conn:
-        plan = _plan(conn, gw, req, True, _live_bundle(conn, req, actor, lock=True)) if asked else first
+        plan, ahead = _relock(conn, gw, actor, req, first) if asked else (first, None)
         if asked and plan.early is None and answer is None:
             verdict = Verdict("NOT_READY", ["IMMIGRATION_UNAVAILABLE"])
         elif asked and plan.early is None and answer == "REFER":
@@ -398,11 +427,38 @@ def _decide(gw: Gateway, actor: Actor, req: KioskRequest, first: Plan) -> dict[s
         elif plan.early is not None:
             verdict = plan.early
         else:
-            return _conclude(conn, gw, actor, req, plan, answer)
-        clearance_id = _record(conn, gw, actor, req, plan, verdict, answer, {"reasons": verdict.reasons})
-        if verdict.reasons == ["EARLY"] and plan.bundle is not None:
+            return _conclude(conn, gw, actor, req, plan, answer, ahead)
+        offence = verdict.reasons == ["EARLY"] and plan.bundle is not None
+        with pipeline(conn):
+            recorded = _record(conn, gw, actor, req, plan, verdict, answer, {"reasons": verdict.reasons})
+            if not offence:
+                conn.commit()  # with the INSERT: one round trip
+        clearance_id = recorded.key()
+        if offence:
             _early_offence(conn, gw, req, plan.bundle)
         return _answer(actor, clearance_id, verdict, [m.ccrn for m in plan.members], None)
+
+
+def _relock(
+    conn: Connection, gw: Gateway, actor: Actor, req: KioskRequest, first: Plan
+) -> tuple[Plan, risk.Ahead]:
+    """The plan read again under lock (the bundle's row, then its members' in CCRN order, as before
+    Immigration was asked), with the profiles and targets the decision will need: one round trip. The
+    targets are read for the CCRNs, filers, vehicle and driver of the first look; the profiling reads
+    its own should the members have changed meanwhile."""
+    risk.secret(conn, gw)  # read once per process; in the pipeline only Prepared statements may run
+    before = first.bundle  # None: an empty vehicle
+    keys = [req.vehicle, before.driver_id if before is not None else None]
+    keys += [k for m in first.members for k in (m.ccrn, m.filer_id)]
+    with pipeline(conn):
+        found = _live_bundle(conn, req)
+        locked = _MEMBERS_LOCKED.send(conn, {"bundle_id": before.bundle_id}) if before is not None else None
+        ahead = risk.Ahead(conn, gw, [k for k in keys if k])
+    bundle = found.first()
+    members = locked.all() if locked is not None else None
+    if bundle is None or before is None or bundle.bundle_id != before.bundle_id:
+        members = None  # another bundle now (or none): its own members, read under lock by its id
+    return _plan(conn, gw, req, True, bundle, members), ahead
 
 
 def _early_offence(conn: Connection, gw: Gateway, req: KioskRequest, bundle: Any) -> None:
@@ -426,56 +482,25 @@ def _early_offence(conn: Connection, gw: Gateway, req: KioskRequest, bundle: Any
 
 
 def _conclude(
-    conn: Connection, gw: Gateway, actor: Actor, req: KioskRequest, plan: Plan, answer: str | None
+    conn: Connection,
+    gw: Gateway,
+    actor: Actor,
+    req: KioskRequest,
+    plan: Plan,
+    answer: str | None,
+    ahead: risk.Ahead | None,
 ) -> dict[str, Any]:
     """Immigration answered CLEARED or REFUSED and the bundle (or the empty vehicle) is in order."""
     now = gw.now()
     bundle = plan.bundle
-    selection: dict[str, Any] = {"consignments": {}, "vehicle_targets": [], "elock": {}}
-    selected = False
-    if bundle is None:  # an empty vehicle: still checked against vehicle and driver targets
-        targets = risk.vehicle_targets(conn, gw, req.vehicle, [])
-        selection["vehicle_targets"] = [t.as_dict() for t in targets]
-        selected = bool(targets)
-    else:
-        second_point = [
-            m.ccrn
-            for m in plan.members
-            if (plan.records[m.ccrn].get("transhipment") or {}).get("mode") == "AIR_TO_LAND"
-        ]
-        to_profile = [m for m in plan.members if m.ccrn not in second_point]
-        results = risk.assess_held(
-            conn,
-            gw,
-            to_profile,
-            plan.records,
-            "KIOSK",
-            crossing_at=now,
-            vehicle=bundle.vehicle,
-            driver=bundle.driver_id,
-        )
-        for ccrn, result in results.items():
-            selection["consignments"][ccrn] = result.as_dict()
-            selected = selected or result.selected
-        for ccrn in second_point:
-            # Cleared at its first control point (the airport): never selected a second time. Only a
-            # broken or mismatched e-lock stops it.
-            recorded = plan.tranship[ccrn].elock_id
-            if req.elock_id is not None and recorded and req.elock_id != recorded:
-                selection["elock"][ccrn] = {"recorded": recorded, "presented": req.elock_id}
-                selected = True
-            else:
-                selection["consignments"][ccrn] = {"why": ["TRANSHIPMENT_SECOND_POINT"], "selected": False}
-    if answer == "REFUSED":
-        verdict = Verdict("REFUSE", ["IMMIGRATION_REFUSED"])
-    elif selected:
-        verdict = Verdict("INSPECT", ["SELECTED_FOR_INSPECTION"])
-    else:
-        verdict = Verdict("RELEASE", [])
-    if plan.late:
-        verdict.reasons.append("LATE")
-    detail = {"reasons": verdict.reasons, "immigration": answer, "selection": selection, "late": plan.late}
-    clearance_id = _record(conn, gw, actor, req, plan, verdict, answer, detail)
+    with pipeline(conn):  # the profiling and the decision's rows sent together (a release: and COMMIT)
+        verdict, selection, detail, clearance = _judge(conn, gw, actor, req, plan, answer, ahead, now)
+        legs = bundle is not None and any(plan.records[m.ccrn].get("transhipment") for m in plan.members)
+        if verdict.decision == "RELEASE" and bundle is not None and not legs:
+            _arrive_and_cross(conn, gw, actor, req, plan)
+            conn.commit()
+            return _answer(actor, clearance.key(), verdict, [m.ccrn for m in plan.members], detail)
+    clearance_id = clearance.key()
     for ccrn, lock in selection["elock"].items():
         member = next(m for m in plan.members if m.ccrn == ccrn)
         risk.record_offence(
@@ -513,6 +538,67 @@ def _conclude(
     return _answer(actor, clearance_id, verdict, [m.ccrn for m in plan.members], detail)
 
 
+def _judge(
+    conn: Connection,
+    gw: Gateway,
+    actor: Actor,
+    req: KioskRequest,
+    plan: Plan,
+    answer: str | None,
+    ahead: risk.Ahead | None,
+    now: datetime,
+) -> tuple[Verdict, dict[str, Any], dict[str, Any], Pending]:
+    """The customs side of the decision: the consignments profiled (the results sent), the verdict,
+    and the clearance row sent."""
+    bundle = plan.bundle
+    selection: dict[str, Any] = {"consignments": {}, "vehicle_targets": [], "elock": {}}
+    selected = False
+    if bundle is None:  # an empty vehicle: still checked against vehicle and driver targets
+        targets = risk.vehicle_targets(conn, gw, req.vehicle, [])
+        selection["vehicle_targets"] = [t.as_dict() for t in targets]
+        selected = bool(targets)
+    else:
+        second_point = [
+            m.ccrn
+            for m in plan.members
+            if (plan.records[m.ccrn].get("transhipment") or {}).get("mode") == "AIR_TO_LAND"
+        ]
+        to_profile = [m for m in plan.members if m.ccrn not in second_point]
+        results = risk.assess_held(
+            conn,
+            gw,
+            to_profile,
+            plan.records,
+            "KIOSK",
+            crossing_at=now,
+            vehicle=bundle.vehicle,
+            driver=bundle.driver_id,
+            ahead=ahead,
+        )
+        for ccrn, result in results.items():
+            selection["consignments"][ccrn] = result.as_dict()
+            selected = selected or result.selected
+        for ccrn in second_point:
+            # Cleared at its first control point (the airport): never selected a second time. Only a
+            # broken or mismatched e-lock stops it.
+            recorded = plan.tranship[ccrn].elock_id
+            if req.elock_id is not None and recorded and req.elock_id != recorded:
+                selection["elock"][ccrn] = {"recorded": recorded, "presented": req.elock_id}
+                selected = True
+            else:
+                selection["consignments"][ccrn] = {"why": ["TRANSHIPMENT_SECOND_POINT"], "selected": False}
+    if answer == "REFUSED":
+        verdict = Verdict("REFUSE", ["IMMIGRATION_REFUSED"])
+    elif selected:
+        verdict = Verdict("INSPECT", ["SELECTED_FOR_INSPECTION"])
+    else:
+        verdict = Verdict("RELEASE", [])
+    if plan.late:
+        verdict.reasons.append("LATE")
+    detail = {"reasons": verdict.reasons, "immigration": answer, "selection": selection, "late": plan.late}
+    return verdict, selection, detail, _record(conn, gw, actor, req, plan, verdict, answer, detail)
+
+
 def _answer(
     actor: Actor,
     clearance_id: int,
@@ -538,8 +624,9 @@ def _record(
     verdict: Verdict,
     answer: str | None,
     detail: dict[str, Any],
-) -> int:
-    return _CLEARANCES.insert(
+) -> Pending:
+    """The clearance row, sent (``key()``: its id)."""
+    return _CLEARANCES.send(
         conn,
         {
             "at": gw.now(),
@@ -559,6 +646,7 @@ def _record(
             "late": plan.late,
             "detail": json.dumps(detail, default=str),
         },
+        returning=True,
     )
 
 
@@ -618,10 +706,7 @@ def move(
     now = gw.now()
     if states is None:
         states = {r.ccrn: (r.status, r.status_version) for r in conn.execute(_STATUSES, {"ccrns": ccrns})}
-    if status is None:
-        conn.execute(_MOVE, {"ccrns": ccrns, "now": now})
-    else:
-        conn.execute(_MOVE_TO, {"ccrns": ccrns, "now": now, "to": status})
+    _MOVES[status is not None].run(conn, {"ccrns": ccrns, "now": now, "to": status})
     events: list[dict[str, Any]] = []
     audits: list[dict[str, Any]] = []
     _transitions(gw, actor, ccrns, status, kind, data, vehicle, now, states, events, audits)
@@ -700,7 +785,7 @@ def _arrive(
     again = [m.ccrn for m in plan.members if m.status != "BUNDLED"]
     move(conn, gw, actor, again, None, "ARRIVED", data, vehicle=bundle.vehicle, states=states)
     if bundle.status == "LIVE":
-        _set_bundle(conn, gw, bundle.bundle_id, "ARRIVED")
+        _BUNDLE_ARRIVED.run(conn, {"key": bundle.bundle_id, "now": gw.now()})
     return states
 
 
@@ -725,14 +810,14 @@ def _arrive_and_cross(conn: Connection, gw: Gateway, actor: Actor, req: KioskReq
     _transitions(
         gw, actor, ccrns, "CROSSED", "CROSSED", crossing, bundle.vehicle, now, states, events, audits
     )
-    _ARRIVE_AND_CROSS.run(conn, {"ccrns": ccrns, "now": now})
-    _EVENTS.run(conn, events)
-    _AUDITS.run(conn, audits)
+    _ARRIVE_AND_CROSS.send(conn, {"ccrns": ccrns, "now": now})
+    _EVENTS.send(conn, events)
+    _AUDITS.send(conn, audits)
     for m in plan.members:
         leg = dict(plan.records[m.ccrn].get("transhipment") or {})
         if leg:  # the transhipment rules; nothing to do for other cargo
             transhipments.on_crossed(conn, gw, actor, m.ccrn, bundle.control_point, req.elock_id, False, leg)
-    _BUNDLE_CROSSED.run(conn, {"key": bundle.bundle_id, "now": now})
+    _BUNDLE_CROSSED.send(conn, {"key": bundle.bundle_id, "now": now})
 
 
 def cross(

@@ -14,12 +14,20 @@ mapping see no difference.
 What it covers is what the hot paths need: SELECT, INSERT (one row, many rows, or one row with its new
 primary key), UPDATE and DELETE, with plain and expanding (``IN``) bound parameters. A statement whose
 INSERT needs a Python-side column default, or an ``IN`` list that is empty, goes through SQLAlchemy.
+
+On PostgreSQL each statement is a network round trip, and each round trip costs both sides more CPU
+than a hot statement's own work (a kiosk decision made fifteen of them). Statements that do not need
+each other's answers are sent together in a ``pipeline`` block (psycopg's pipeline mode): ``send``
+sends a statement and returns its ``Pending`` answer, read once the block has ended; the block's end
+is one round trip for all of them, and a COMMIT inside the block goes with them. Elsewhere (SQLite) a
+``pipeline`` block changes nothing: each statement runs when it is sent.
 """
 
 from __future__ import annotations
 
 from collections import namedtuple
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, cast
 
 from sqlalchemy import Connection, bindparam
@@ -105,22 +113,14 @@ class Prepared:
         params = params or {}
         if self._empty_list(params):
             return list(conn.execute(self.statement, params))
-        plan = self._plan(conn.dialect, params)
-        cursor = self._execute(conn, plan, plan.values(params))
-        rows = cursor.fetchall()
-        cursor.close()
-        return [self._row(plan, r) for r in rows]
+        return self.send(conn, params).all()
 
     def first(self, conn: Connection, params: Mapping[str, Any] | None = None) -> Any:
         """The first row, or None."""
         params = params or {}
         if self._empty_list(params):
             return conn.execute(self.statement, params).first()
-        plan = self._plan(conn.dialect, params)
-        cursor = self._execute(conn, plan, plan.values(params))
-        row = cursor.fetchone()
-        cursor.close()
-        return None if row is None else self._row(plan, row)
+        return self.send(conn, params).first()
 
     def scalar(self, conn: Connection, params: Mapping[str, Any] | None = None) -> Any:
         """The first column of the first row, or None."""
@@ -132,31 +132,60 @@ class Prepared:
     ) -> int:
         """Execute for its effect: one set of parameters, or a list of them (executemany). Returns the
         number of rows affected."""
+        if (params is None or isinstance(params, Mapping)) and self._empty_list(params or {}):
+            return conn.execute(self.statement, params or {}).rowcount
+        return self.send(conn, params).rowcount()
+
+    def insert(self, conn: Connection, params: Mapping[str, Any]) -> int:
+        """INSERT one row and return its new (integer) primary key."""
+        return self.send(conn, params, returning=True).key()
+
+    def send(
+        self,
+        conn: Connection,
+        params: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+        *,
+        returning: bool = False,
+    ) -> Pending:
+        """Send the statement (one set of parameters, or a list of them) and return its answer to read
+        later: in a ``pipeline`` block, once the block has ended (reading it earlier waits for it);
+        elsewhere it has run already. ``returning``: an INSERT of one row whose new key ``key()`` gives.
+        An empty ``IN`` list cannot be sent: read it with ``all``, ``first`` or ``run``."""
+        dialect = conn.dialect
         if params is None or isinstance(params, Mapping):
             one: Mapping[str, Any] = params or {}
             if self._empty_list(one):
-                return conn.execute(self.statement, one).rowcount
-            plan = self._plan(conn.dialect, one)
-            cursor = self._execute(conn, plan, plan.values(one))
-        else:
-            if not params:
-                return 0
-            if self._expanding:
-                raise TypeError("an IN list cannot run with many parameter sets")
-            if self._insert and conn.dialect.name == "postgresql":
-                return self._insert_rows(conn, params)
-            plan = self._plan(conn.dialect, params[0])
-            cursor = self._execute(conn, plan, [plan.values(p) for p in params], many=True)
-        count = int(cursor.rowcount)
-        cursor.close()
-        return count
+                raise ValueError("an empty IN list cannot be sent: run it with all(), first() or run()")
+            if returning:
+                if self._returning is None:
+                    raise TypeError("returning is for INSERTs into a table with a one-column key")
+                if dialect.name == "sqlite":  # SQLite gives the key as lastrowid
+                    plan = self._plan(dialect, one)
+                    cursor = self._execute(conn, plan, plan.values(one))
+                    return Pending(conn, plan, [cursor], cursor.lastrowid)
+                plan = self._plan(dialect, one, returning=True)
+            else:
+                plan = self._plan(dialect, one)
+            return Pending(conn, plan, [self._execute(conn, plan, plan.values(one))])
+        if returning:
+            raise TypeError("returning is for one row")
+        if not params:
+            return Pending(conn, None, [])
+        if self._expanding:
+            raise TypeError("an IN list cannot run with many parameter sets")
+        if self._insert and dialect.name == "postgresql":
+            return self._insert_rows(conn, params)
+        plan = self._plan(dialect, params[0])
+        cursor = self._execute(conn, plan, [plan.values(p) for p in params], many=True)
+        return Pending(conn, plan, [cursor])
 
-    def _insert_rows(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
+    def _insert_rows(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> Pending:
         """Many rows into PostgreSQL as one INSERT with a VALUES list per chunk: psycopg's executemany
         (a pipeline) cost four times the client CPU of one statement for the one to three rows of a
         bundle's events or audit rows."""
         keys = tuple(rows[0])
-        count = 0
+        cursors = []
+        plan = None
         for start in range(0, len(rows), MANY_ROWS):
             chunk = rows[start : start + MANY_ROWS]
             key = (conn.dialect.name, "rows", keys, len(chunk))
@@ -171,26 +200,8 @@ class Prepared:
                 )
                 plan = self._plans[key] = _compile(listed, conn.dialect, None, {})
             flat = {_named(k, i): row[k] for i, row in enumerate(chunk) for k in keys}
-            cursor = self._execute(conn, plan, plan.values(flat))
-            count += int(cursor.rowcount)
-            cursor.close()
-        return count
-
-    def insert(self, conn: Connection, params: Mapping[str, Any]) -> int:
-        """INSERT one row and return its new (integer) primary key."""
-        if self._returning is None:
-            raise TypeError("insert() is for INSERT statements into a table with a one-column key")
-        dialect = conn.dialect
-        if dialect.name == "sqlite":
-            plan = self._plan(dialect, params)
-            cursor = self._execute(conn, plan, plan.values(params))
-            key = cursor.lastrowid
-        else:
-            plan = self._plan(dialect, params, returning=True)
-            cursor = self._execute(conn, plan, plan.values(params))
-            key = cursor.fetchone()[0]
-        cursor.close()
-        return int(key)
+            cursors.append(self._execute(conn, plan, plan.values(flat)))
+        return Pending(conn, plan, cursors)
 
     # -- internals ------------------------------------------------------------------------------------
 
@@ -236,6 +247,107 @@ class Prepared:
                 statement, dialect, insert_keys, dict(zip(self._expanding, sizes, strict=True))
             )
         return plan
+
+
+class Pending:
+    """The answer of a statement sent with ``Prepared.send``: read it once (rows, a count, a new key)."""
+
+    __slots__ = ("_conn", "_cursors", "_lastrowid", "_plan")
+
+    def __init__(
+        self, conn: Connection, plan: _Plan | None, cursors: list[Any], lastrowid: Any = None
+    ) -> None:
+        self._conn = conn
+        self._plan = plan
+        self._cursors = cursors
+        self._lastrowid = lastrowid
+
+    def all(self) -> list[Any]:
+        """Every row, as named tuples."""
+        (cursor,) = self._cursors
+        rows = self._read(cursor, cursor.fetchall)
+        plan = self._plan
+        assert plan is not None
+        return [Prepared._row(plan, r) for r in rows]
+
+    def first(self) -> Any:
+        """The first row, or None."""
+        (cursor,) = self._cursors
+        row = self._read(cursor, cursor.fetchone)
+        plan = self._plan
+        assert plan is not None
+        return None if row is None else Prepared._row(plan, row)
+
+    def scalar(self) -> Any:
+        row = self.first()
+        return None if row is None else row[0]
+
+    def key(self) -> int:
+        """The new primary key of an INSERT sent with ``returning=True``."""
+        if self._lastrowid is not None:
+            (cursor,) = self._cursors
+            cursor.close()
+            return int(self._lastrowid)
+        row = self.first()
+        return int(row[0])
+
+    def rowcount(self) -> int:
+        """The number of rows the statement affected (in a pipeline, waiting for the answer)."""
+        if self._cursors:
+            dbapi = self._conn.connection.driver_connection
+            if getattr(getattr(dbapi, "pgconn", None), "pipeline_status", 0):
+                self._read(None, lambda: _sync(dbapi))
+        count = 0
+        for cursor in self._cursors:
+            count += int(cursor.rowcount)
+            cursor.close()
+        return count
+
+    def _read(self, cursor: Any, read: Callable[[], Any]) -> Any:
+        try:
+            return read()
+        except self._conn.dialect.loaded_dbapi.Error as exc:
+            # An error of a pipelined statement arrives with its answer, not when it was sent.
+            self._conn._handle_dbapi_exception(exc, self._plan.sql if self._plan else "", (), None, None)
+        finally:
+            if cursor is not None:
+                cursor.close()
+
+
+def _sync(dbapi: Any) -> None:
+    with dbapi.pipeline() as pipe:
+        pipe.sync()
+
+
+@contextmanager
+def pipeline(conn: Connection) -> Iterator[None]:
+    """Statements sent in the block go to PostgreSQL together, without waiting for each one's answer: the
+    block ends once all are answered, one round trip for all of them (a COMMIT in the block included).
+
+    Only ``Prepared.send`` (and ``Connection.commit``) belong in the block: a statement run through
+    SQLAlchemy's ``Connection.execute`` cannot be read before its answer arrives. The first error
+    aborts the statements after it and is raised as SQLAlchemy's exception, by the block's end or by
+    reading its answer. Elsewhere than PostgreSQL with psycopg the block changes nothing."""
+    if conn.dialect.driver != "psycopg":
+        yield
+        return
+    if not conn.in_transaction():
+        conn.begin()  # as Connection.execute would begin it
+    dbapi = conn.connection.driver_connection
+    assert dbapi is not None
+    try:
+        with dbapi.pipeline():
+            yield
+    except conn.dialect.loaded_dbapi.Error as exc:
+        conn._handle_dbapi_exception(exc, "(pipeline)", (), None, None)
+    finally:
+        # A COMMIT sent after a statement that failed is skipped, and the transaction stays aborted;
+        # SQLAlchemy, whose commit failed, counts it as ended and would not roll it back.
+        if not conn.in_transaction() and not dbapi.closed and dbapi.pgconn.transaction_status == _INERROR:
+            dbapi.rollback()
+
+
+_INERROR = 3  # libpq's PQTRANS_INERROR: in a failed transaction block
 
 
 def _compile(

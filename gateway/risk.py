@@ -39,7 +39,7 @@ from sqlalchemy.exc import IntegrityError
 from gateway import tables
 from gateway.context import Actor, Gateway
 from gateway.errors import GatewayError
-from gateway.prepared import Prepared
+from gateway.prepared import Pending, Prepared
 from gateway.record import crossing_window
 
 OPERATORS = ("prefix", "in", "contains_any", "lt", "gt", "eq")
@@ -429,20 +429,29 @@ _ACTIVE_PROFILES = Prepared(
 )
 # Profiles as evaluated, by everything they are made of: read on every profiling, parsed once.
 _PARSED: dict[tuple[Any, ...], Profile] = {}
+_TARGET_COLUMNS = (_T.c.target_id, _T.c.kind, _T.c.value, _T.c.action, _T.c.profile_id, _T.c.reason)
+_LIVE = (_T.c.revoked_at.is_(None), _T.c.expires_at > bindparam("now"))
 _LIVE_TARGETS = Prepared(
-    select(_T.c.target_id, _T.c.kind, _T.c.value, _T.c.action, _T.c.profile_id, _T.c.reason)
-    .where(
-        _T.c.value.in_(bindparam("keys", expanding=True)),
-        _T.c.revoked_at.is_(None),
-        _T.c.expires_at > bindparam("now"),
-    )
+    select(*_TARGET_COLUMNS)
+    .where(_T.c.value.in_(bindparam("keys", expanding=True)), *_LIVE)
+    .order_by(_T.c.target_id)
+)
+# The same, also naming the filers of some consignments (read in the statement, not before it).
+_FILERS = select(_C.c.filer_id).where(_C.c.ccrn.in_(bindparam("ccrns", expanding=True)))
+_LIVE_TARGETS_OF = Prepared(
+    select(*_TARGET_COLUMNS)
+    .where(or_(_T.c.value.in_(bindparam("keys", expanding=True)), _T.c.value.in_(_FILERS)), *_LIVE)
     .order_by(_T.c.target_id)
 )
 
 
 def active_profiles(conn: Connection) -> tuple[Profile, ...]:
+    return _profiles(_ACTIVE_PROFILES.all(conn))
+
+
+def _profiles(rows: Iterable[Any]) -> tuple[Profile, ...]:
     profiles = []
-    for row in _ACTIVE_PROFILES.all(conn):
+    for row in rows:
         key = tuple(row)
         profile = _PARSED.get(key)
         if profile is None:
@@ -465,18 +474,72 @@ def _live_targets(conn: Connection, gw: Gateway, keys: Iterable[str]) -> tuple[T
     now = gw.now()
     for start in range(0, len(wanted), 500):
         for r in _LIVE_TARGETS.all(conn, {"keys": wanted[start : start + 500], "now": now}):
-            targets.append(Target(int(r.target_id), r.kind, r.value, r.action, r.profile_id, r.reason))
+            targets.append(_target(r))
     return tuple(targets)
 
 
-def _rules(conn: Connection, gw: Gateway, profiles: tuple[Profile, ...], keys: Iterable[str]) -> Rules:
+def _rules(
+    conn: Connection,
+    gw: Gateway,
+    profiles: tuple[Profile, ...],
+    keys: Iterable[str],
+    targets: tuple[Target, ...] | None = None,
+) -> Rules:
+    """``targets``: the live targets naming ``keys``, when the caller read them already."""
     return Rules(
         profiles,
-        _live_targets(conn, gw, keys),
+        _live_targets(conn, gw, keys) if targets is None else targets,
         gw.config.risk.threshold,
         gw.config.risk.random_rate,
         secret(conn, gw),
     )
+
+
+class Ahead:
+    """The active profiles and the live targets naming ``keys`` (and the filers of the consignments
+    ``filers_of``), sent before the consignments they are for are read under lock, in the same
+    ``pipeline``: one round trip for all. The targets serve a profiling whose subjects they cover;
+    another reads its own. Targets naming other keys never apply (``Target.applies`` looks at the
+    subject's own CCRN, vehicle, filer and driver), so reading more of them changes no result."""
+
+    __slots__ = ("_filers_of", "_keys", "_profiles", "_targets")
+
+    def __init__(
+        self, conn: Connection, gw: Gateway, keys: Iterable[str], filers_of: Sequence[str] = ()
+    ) -> None:
+        wanted = sorted({k for k in keys if k})
+        self._profiles: Pending | tuple[Profile, ...] = _ACTIVE_PROFILES.send(conn)
+        self._keys = frozenset(wanted)
+        self._filers_of = frozenset(filers_of)
+        self._targets: Pending | tuple[Target, ...] | None = None
+        params = {"keys": wanted, "ccrns": sorted(self._filers_of), "now": gw.now()}
+        if not wanted or len(wanted) + len(filers_of) > 500:
+            pass  # read by the profiling itself, in chunks
+        elif filers_of:
+            self._targets = _LIVE_TARGETS_OF.send(conn, params)
+        else:
+            self._targets = _LIVE_TARGETS.send(conn, params)
+
+    def profiles(self) -> tuple[Profile, ...]:
+        if isinstance(self._profiles, Pending):
+            self._profiles = _profiles(self._profiles.all())
+        return self._profiles
+
+    def targets(self, subjects: Sequence[Subject]) -> tuple[Target, ...] | None:
+        """The live targets of these subjects, or None when they were not all read ahead."""
+        if self._targets is None:
+            return None
+        for s in subjects:
+            named = {k for k in (s.ccrn, s.vehicle, s.driver) if k}
+            if not named <= self._keys or (s.filer not in self._keys and s.ccrn not in self._filers_of):
+                return None
+        if isinstance(self._targets, Pending):
+            self._targets = tuple(_target(r) for r in self._targets.all())
+        return self._targets
+
+
+def _target(r: Any) -> Target:
+    return Target(int(r.target_id), r.kind, r.value, r.action, r.profile_id, r.reason)
 
 
 def load_rules(conn: Connection, gw: Gateway, keys: Iterable[str] = ()) -> Rules:
@@ -492,16 +555,26 @@ def offence_counts(
     v = sorted({x for x in vehicles if x})
     if not p and not v:
         return []
-    clauses = []
-    if p:
-        clauses.append(_O.c.party_id.in_(p))
-    if v:
-        clauses.append(_O.c.vehicle.in_(v))
-    since = gw.now() - OFFENCE_WINDOW
-    rows = conn.execute(
-        select(_O.c.offence_id, _O.c.party_id, _O.c.vehicle).where(_O.c.at >= since, or_(*clauses))
-    )
+    statement = _OFFENCES[bool(p), bool(v)]
+    rows = statement.all(conn, {"parties": p, "vehicles": v, "since": gw.now() - OFFENCE_WINDOW})
     return [(r.party_id, r.vehicle) for r in rows]
+
+
+def _offences(parties: bool, vehicles: bool) -> Prepared:
+    clauses = []
+    if parties:
+        clauses.append(_O.c.party_id.in_(bindparam("parties", expanding=True)))
+    if vehicles:
+        clauses.append(_O.c.vehicle.in_(bindparam("vehicles", expanding=True)))
+    return Prepared(
+        select(_O.c.offence_id, _O.c.party_id, _O.c.vehicle).where(
+            _O.c.at >= bindparam("since"), or_(*clauses)
+        )
+    )
+
+
+# By whether parties and vehicles are asked about (an empty IN list is left out).
+_OFFENCES = {(p, v): _offences(p, v) for p, v in ((True, True), (True, False), (False, True))}
 
 
 def _count(offences: Sequence[tuple[str | None, str | None]], parties: set[str], vehicle: str | None) -> int:
@@ -509,7 +582,7 @@ def _count(offences: Sequence[tuple[str | None, str | None]], parties: set[str],
 
 
 _CROSSED = ("CROSSED", "DECLARED")
-_HAS_CROSSED = (
+_HAS_CROSSED = Prepared(
     select(_C.c.filer_id).where(_C.c.filer_id == bindparam("filer"), _C.c.status.in_(_CROSSED)).limit(1)
 )
 
@@ -519,7 +592,7 @@ def _first_timers(conn: Connection, filers: Iterable[str]) -> set[str]:
     # One probe per filer that stops at its first crossed consignment (an index lookup on
     # (filer_id, status)): a query over all of them would read every crossed consignment of every
     # filer, a cost that grows with each filer's history. A bundle or a batch has few filers.
-    return {filer for filer in set(filers) if conn.scalar(_HAS_CROSSED, {"filer": filer}) is None}
+    return {filer for filer in set(filers) if _HAS_CROSSED.scalar(conn, {"filer": filer}) is None}
 
 
 def _json_list(values: Sequence[Any]) -> str:
@@ -547,12 +620,12 @@ def _store(conn: Connection, gw: Gateway, results: Sequence[Result], trigger: st
     if not rows:
         return
     if fresh:
-        _RESULTS.run(conn, rows)
+        _RESULTS.send(conn, rows)  # sent: in a pipeline, with the statements after it
         return
     # The latest profiling of a version replaces the one before: one upsert where the database has it.
     upsert = _UPSERTS.get(conn.dialect.name)
     if upsert is not None:
-        upsert.run(conn, rows)
+        upsert.send(conn, rows)
         return
     pairs = [(r["ccrn"], r["version"]) for r in rows]
     conn.execute(delete(_R).where(tuple_(_R.c.ccrn, _R.c.version).in_(pairs)))
@@ -731,13 +804,19 @@ def assess(
 
 
 def _judge(
-    conn: Connection, gw: Gateway, profiles: tuple[Profile, ...], found: Sequence[Subject], trigger: str
+    conn: Connection,
+    gw: Gateway,
+    profiles: tuple[Profile, ...],
+    found: Sequence[Subject],
+    trigger: str,
+    ahead: Ahead | None = None,
 ) -> dict[str, Result]:
     """Evaluate the subjects against the profiles and their targets, and record the results (replacing
     an earlier profiling of the same version)."""
     if not found:
         return {}
-    rules = _rules(conn, gw, profiles, [k for s in found for k in keys_of(s)])
+    targets = ahead.targets(found) if ahead is not None else None
+    rules = _rules(conn, gw, profiles, [k for s in found for k in keys_of(s)], targets)
     results = [evaluate(s, rules) for s in found]
     _store(conn, gw, results, trigger, fresh=False)
     return {r.ccrn: r for r in results}
@@ -753,18 +832,20 @@ def assess_held(
     crossing_at: datetime,
     vehicle: str,
     driver: str | None,
+    ahead: Ahead | None = None,
 ) -> dict[str, Result]:
     """``assess`` of consignments whose rows (current version, read under lock) and records the caller
     already holds, arriving in ``vehicle`` with ``driver`` at ``crossing_at``: the same results, without
-    reading them again."""
+    reading them again (nor the profiles and targets ``ahead`` read). Every statement goes through
+    ``Prepared``, so it may run in a ``pipeline``."""
     if not members:
         return {}
-    profiles = active_profiles(conn)
+    profiles = ahead.profiles() if ahead is not None else active_profiles(conn)
     vehicles = {m.ccrn: vehicle or records[m.ccrn].get("vehicle_hint") for m in members}
     drivers = dict.fromkeys(vehicles, driver)
     whens = dict.fromkeys(vehicles, crossing_at)
     found = _subjects(conn, gw, members, records, vehicles, drivers, whens, fields_used(profiles))
-    return _judge(conn, gw, profiles, found, trigger)
+    return _judge(conn, gw, profiles, found, trigger, ahead)
 
 
 def reprofile(conn: Connection, gw: Gateway, ccrns: Sequence[str], trigger: str) -> None:

@@ -18,7 +18,7 @@ from gateway import tables
 from gateway.clock import HONG_KONG
 from gateway.config import ControlPointConfig
 from gateway.errors import GatewayError
-from gateway.prepared import Prepared
+from gateway.prepared import Pending, Prepared
 
 _S = tables.slot_bookings
 _TAKE = Prepared(  # built once: statement building costs more than the update itself
@@ -63,18 +63,48 @@ def _day(cp: ControlPointConfig, target: datetime) -> tuple[datetime, timedelta,
 HINTS = 4
 
 
+class FullAhead:
+    """The full slots of a day from some slot on, sent before the caller knows its target exactly (in a
+    ``pipeline``, with the statements it needs first): ``with_room`` of a later target of the same day
+    reads them instead of asking."""
+
+    __slots__ = ("_full", "code", "first", "last")
+
+    def __init__(self, conn: Connection, code: str, cp: ControlPointConfig, not_before: datetime) -> None:
+        self.code = code
+        self.first, length, closes = _day(cp, not_before)
+        self.last = self.first + ((closes - self.first) // length - 1) * length
+        bounds = {"cp": code, "first": self.first, "last": self.last, "cap": cp.slot_capacity}
+        self._full: Pending | set[datetime] = _FULL.send(conn, bounds)
+
+    def full(self, code: str, start: datetime, last: datetime) -> set[datetime] | None:
+        """The full slots from ``start`` to ``last``, or None when they were not read ahead."""
+        if code != self.code or last != self.last or not self.first <= start <= last:
+            return None
+        if isinstance(self._full, Pending):
+            self._full = {row.slot_start for row in self._full.all()}
+        return self._full
+
+
 def with_room(
-    conn: Connection, code: str, cp: ControlPointConfig, target: datetime, limit: int | None = HINTS
+    conn: Connection,
+    code: str,
+    cp: ControlPointConfig,
+    target: datetime,
+    limit: int | None = HINTS,
+    ahead: FullAhead | None = None,
 ) -> list[tuple[datetime, datetime]]:
     """The first ``limit`` slots (None: all) at or after ``target`` that had room when read (no lock
-    taken: a hint for ``book``)."""
+    taken: a hint for ``book``); ``ahead``: the full slots read already, if they cover it."""
     start, length, closes = _day(cp, target)
     if start + length > closes:
         return []
     # one read skips the slots already full instead of one refused update each
     last = start + ((closes - start) // length - 1) * length
-    bounds = {"cp": code, "first": start, "last": last, "cap": cp.slot_capacity}
-    full = {row.slot_start for row in _FULL.all(conn, bounds)}
+    full = ahead.full(code, start, last) if ahead is not None else None
+    if full is None:
+        bounds = {"cp": code, "first": start, "last": last, "cap": cp.slot_capacity}
+        full = {row.slot_start for row in _FULL.all(conn, bounds)}
     room: list[tuple[datetime, datetime]] = []
     while start + length <= closes and (limit is None or len(room) < limit):
         if start not in full:
@@ -89,12 +119,17 @@ def book(
     cp: ControlPointConfig,
     target: datetime,
     room: list[tuple[datetime, datetime]] | None = None,
+    taking: Pending | None = None,
 ) -> tuple[datetime, datetime]:
     """Book the first slot with room at or after ``target`` (trying ``room``, from ``with_room``, when
-    the caller read it already); raises SLOT_FULL when the day has none."""
+    the caller read it already, whose first slot ``taking`` may have tried: see ``send_take``); raises
+    SLOT_FULL when the day has none."""
     hint = with_room(conn, code, cp, target) if room is None else room
-    for start, end in hint:
-        if _take(conn, code, start, cp.slot_capacity):
+    for i, (start, end) in enumerate(hint):
+        if i == 0 and taking is not None:
+            if taking.rowcount() or _take_new(conn, code, start, cp.slot_capacity):
+                return start, end
+        elif _take(conn, code, start, cp.slot_capacity):
             return start, end
     if len(hint) >= HINTS:  # the hint stopped short of the end of the day: the later slots, read again
         for start, end in with_room(conn, code, cp, hint[-1][1], limit=None):
@@ -109,10 +144,21 @@ def book(
     )
 
 
+def send_take(conn: Connection, code: str, start: datetime, capacity: int) -> Pending:
+    """The booking of a slot whose row exists and has room, sent (in a ``pipeline``, with the
+    statements before it): ``book`` with it as ``taking`` reads whether it took, and goes on if not."""
+    return _TAKE.send(conn, {"cp": code, "start": start, "cap": capacity})
+
+
 def _take(conn: Connection, code: str, start: datetime, capacity: int) -> bool:
+    return bool(_TAKE.run(conn, {"cp": code, "start": start, "cap": capacity})) or _take_new(
+        conn, code, start, capacity
+    )
+
+
+def _take_new(conn: Connection, code: str, start: datetime, capacity: int) -> bool:
+    """The slot's conditional update took nothing: its row is full, or not made yet."""
     params = {"cp": code, "start": start, "cap": capacity}
-    if _TAKE.run(conn, params):
-        return True
     try:
         with conn.begin_nested():
             conn.execute(insert(_S).values(control_point=code, slot_start=start, booked=1))

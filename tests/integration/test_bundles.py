@@ -1,6 +1,7 @@
 """Bundling (design sections 4, 5 and 6) through the service layer, on SQLite and PostgreSQL."""
 
 import dataclasses
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -8,7 +9,7 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from gateway import bundles, consignments, parties, slots, tables
+from gateway import bundles, consignments, parties, risk_admin, slots, tables
 from gateway.clock import HONG_KONG
 from gateway.context import SYSTEM
 from gateway.errors import GatewayError
@@ -316,3 +317,33 @@ def test_slot_capacity_holds_under_concurrent_bundling(gw, filer, party):
     with tight.engine.connect() as conn:
         assert conn.scalar(select(func.max(tables.slot_bookings.c.booked))) == 3
         assert conn.scalar(select(func.count()).select_from(tables.bundles)) == 6
+
+
+def test_bundling_profiles_each_consignment_with_the_targets_on_its_filer_vehicle_and_driver(
+    gw, filer, driver, party
+):
+    other = party.add(name="Other forwarder")[0]
+    officer = party.add(role="officer", name="Officer")[0]
+    for kind, value in (("PARTY", other.party_id), ("VEHICLE", "AB1234"), ("PARTY", driver.party_id)):
+        target = {"kind": kind, "value": value, "action": "INSPECT", "reason": "watch"}
+        risk_admin.add_target(gw, officer, {**target, "expires_at": "2026-12-09T00:00:00+08:00"})
+    mine = lodge(gw, filer)[0]
+    theirs = consignments.lodge(gw, other, record(submitter_reference="OTHER-1")).view["ccrn"]
+    bundles.bundle(gw, driver, "AB1234", "LMC", [mine, theirs])
+    with gw.engine.connect() as conn:
+        found = {
+            r.ccrn: (r.trigger, r.selected, sorted(json.loads(r.targets), key=lambda t: t["target_id"]))
+            for r in conn.execute(
+                select(tables.risk_results).where(tables.risk_results.c.ccrn.in_([mine, theirs]))
+            )
+        }
+    assert {c: (t, s) for c, (t, s, _) in found.items()} == {mine: ("BUNDLE", True), theirs: ("BUNDLE", True)}
+    assert [(t["kind"], t["value"]) for t in found[mine][2]] == [
+        ("VEHICLE", "AB1234"),
+        ("PARTY", driver.party_id),
+    ]
+    assert [(t["kind"], t["value"]) for t in found[theirs][2]] == [
+        ("PARTY", other.party_id),
+        ("VEHICLE", "AB1234"),
+        ("PARTY", driver.party_id),
+    ]

@@ -170,6 +170,50 @@ def test_a_targeted_vehicle_is_inspected(b, gw):
     assert case["selection"]["consignments"][ccrn]["targets"][0]["kind"] == "VEHICLE"
 
 
+class AddsToTheBundle(FakeImmigration):
+    """Clears the driver; meanwhile the driver adds a consignment of another filer to the bundle, and
+    its lead time passes."""
+
+    def __init__(self, gw, driver, bundle_id, ccrn):
+        super().__init__("CLEARED")
+        self.gw, self.driver, self.bundle_id, self.ccrn = gw, driver, bundle_id, ccrn
+
+    def clear(self, query):
+        bundles.add_ccrns(self.gw, self.driver, self.bundle_id, [self.ccrn])
+        self.gw.clock.advance(timedelta(minutes=self.gw.config.rules.bundle_lead_minutes + 1))
+        return super().clear(query)
+
+
+def test_a_consignment_added_while_immigration_is_asked_is_decided_with_its_targets(b, gw, party):
+    """The decision is made on the bundle as it is under lock, and the targets of its members then, not
+    of the members first seen."""
+    other, _key = party.add(name="Other forwarder")
+    from tests.factories import record
+
+    late = str(consignments.lodge(gw, other, record(submitter_reference="LATE-1")).view["ccrn"])
+    risk_admin.add_target(
+        gw,
+        b.officer,
+        {
+            "kind": "PARTY",
+            "value": other.party_id,
+            "action": "INSPECT",
+            "reason": "watch",
+            "expires_at": "2026-12-09T00:00:00+08:00",
+        },
+    )
+    first = b.lodge()
+    made = b.bundle([first])
+    b.wait_lead_time()
+    gw.immigration = AddsToTheBundle(gw, b.driver, made["bundle_id"], late)
+    out = clearance.decide(gw, b.kiosk, b.arrive())
+    assert out["decision"] == "INSPECT" and out["ccrns"] == sorted([first, late])
+    (case,) = clearance.list_inspections(gw, b.officer)
+    assert case["selection"]["consignments"][late]["targets"][0]["value"] == other.party_id
+    assert not case["selection"]["consignments"][first]["targets"]
+    assert {status(gw, c) for c in (first, late)} == {"ARRIVED"}
+
+
 def test_an_expired_target_selects_nothing(b, gw, clock):
     risk_admin.add_target(
         gw,

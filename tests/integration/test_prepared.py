@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from gateway import db, tables
 from gateway.clock import HONG_KONG
 from gateway.context import Gateway
-from gateway.prepared import Prepared
+from gateway.prepared import Prepared, pipeline
 
 _E = tables.events
 _PARTIES = tables.parties
@@ -154,3 +154,56 @@ def test_many_rows_in_one_call_are_all_stored_in_order(gw: Gateway) -> None:
     with gw.engine.connect() as conn:
         stored = conn.execute(select(_E.c.ccrn, _E.c.at).order_by(_E.c.cursor)).all()
     assert [(r.ccrn, r.at) for r in stored] == [(r["ccrn"], r["at"]) for r in rows]
+
+
+def test_statements_sent_together_read_and_write_as_one_by_one(gw: Gateway) -> None:
+    """A pipeline (one round trip on PostgreSQL, nothing different on SQLite): every answer is read
+    after the block, and a COMMIT in the block commits what was sent before it."""
+    at = datetime(2026, 11, 26, tzinfo=UTC)
+    now = datetime(2026, 11, 26, tzinfo=UTC)
+    party = {"party_id": "P0000021", "role": "driver", "name": "A", "status": "ACTIVE", "created_at": now}
+    with gw.engine.begin() as conn:
+        with pipeline(conn):
+            key = _ADD_EVENT.send(conn, _event("S1", at), returning=True)
+            many = _ADD_EVENT.send(conn, [_event("S2", at), _event("S3", at)])
+            added = _ADD_PARTY.send(conn, party)
+            renamed = _RENAME.send(conn, {"key": "P0000021", "name": "Renamed"})  # sees the row sent above
+            missed = _RENAME.send(conn, {"key": "P9999999", "name": "Nobody"})
+            read = _BY_CCRN.send(conn, {"ccrns": ["S1", "S2", "S3"]})
+            first = _BY_CCRN.send(conn, {"ccrns": ["S3"]})
+            conn.commit()
+        assert (many.rowcount(), added.rowcount(), renamed.rowcount(), missed.rowcount()) == (2, 1, 1, 0)
+        rows = read.all()
+        assert [r.ccrn for r in rows] == ["S1", "S2", "S3"]
+        assert rows[0].cursor == key.key()
+        assert first.first().ccrn == "S3"
+    with gw.engine.connect() as conn:
+        assert conn.scalar(select(_PARTIES.c.name).where(_PARTIES.c.party_id == "P0000021")) == "Renamed"
+        assert len(_BY_CCRN.all(conn, {"ccrns": ["S1", "S2", "S3"]})) == 3
+
+
+@pytest.mark.parametrize("commit", [False, True])
+def test_a_failure_in_a_pipeline_is_sqlalchemys_error_and_nothing_of_it_is_kept(
+    gw: Gateway, commit: bool
+) -> None:
+    """The first error aborts what was sent after it, the COMMIT too; the connection goes back to the
+    pool usable (a COMMIT skipped after an error would otherwise leave its transaction aborted)."""
+    now = datetime(2026, 11, 26, tzinfo=UTC)
+    row = {"party_id": "P0000022", "role": "driver", "name": "A", "status": "ACTIVE", "created_at": now}
+    with gw.engine.begin() as conn:
+        _ADD_PARTY.run(conn, row)
+    with pytest.raises(IntegrityError), gw.engine.begin() as conn, pipeline(conn):
+        _RENAME.send(conn, {"key": "P0000022", "name": "Changed"})
+        _ADD_PARTY.send(conn, row)  # the same key again
+        _ADD_EVENT.send(conn, _event("F1", now))
+        if commit:
+            conn.commit()
+    for _ in range(3):  # whichever pooled connection comes next
+        with gw.engine.connect() as conn:
+            assert conn.scalar(select(_PARTIES.c.name).where(_PARTIES.c.party_id == "P0000022")) == "A"
+            assert _BY_CCRN.all(conn, {"ccrns": ["F1"]}) == []
+
+
+def test_an_empty_in_list_cannot_be_sent(gw: Gateway) -> None:
+    with gw.engine.connect() as conn, pytest.raises(ValueError, match="empty IN list"):
+        _BY_CCRN.send(conn, {"ccrns": []})
