@@ -124,13 +124,18 @@ async def _db(request: Request, work: Callable[[_Call], Any], **options: bool) -
 # later, in turns in one sitting on a busy machine: four 4.9-5.0 ms (221-228 bundles/s), one behind
 # anyio's limiter 3.7-4.2 ms (240-281/s), this pool of one 3.5-3.9 ms (276-303/s). One slow job (a huge
 # body) holds up the others of its process meanwhile. PostgreSQL overlaps the round trips of a few
-# more. Work that calls another service (the kiosk asks Immigration, and may wait seconds) has forty
-# threads, as many as anyio's default limiter gave it, so it never holds these up; a pool of its own
-# rather than ``anyio.to_thread``, whose hand-off (a limiter, a cancel scope and two extra turns of the
-# event loop) cost ~70 µs of CPU more a request with 32 kiosks waiting.
+# more. Work that calls another service (the kiosk asks Immigration, within ``[immigration] timeout_ms``)
+# has a pool of its own, so it never holds these up, rather than ``anyio.to_thread``, whose hand-off (a
+# limiter, a cancel scope and two extra turns of the event loop) cost ~70 µs of CPU more a request with
+# 32 kiosks waiting. Sixteen threads, not anyio's forty: with 32 kiosks, forty threads each held a
+# PostgreSQL connection at once, past the pool's twenty kept open (gateway.db), so connections were
+# opened and closed all the time, each a new backend that had lost psycopg's prepared statements. In
+# turns: PostgreSQL CPU 5.5-5.7 -> 3.3-3.7 ms a decision, 143-157 -> 160-189 decisions/s; SQLite
+# 248 -> 272/s. The cost: with Immigration hanging until its 800 ms timeout, a process answers ~20
+# kiosks a second (each NOT_READY), which is still more than a border's lanes ask.
 DATABASE_THREADS = {"sqlite": 1}
 DEFAULT_DATABASE_THREADS = 8
-SERVICE_THREADS = 40
+SERVICE_THREADS = 16
 _POOLS: dict[str, ThreadPoolExecutor] = {}  # by database dialect, and "services": one set a process
 _POOLS_LOCK = threading.Lock()
 os.register_at_fork(after_in_child=_POOLS.clear)  # a forked child has none of its parent's threads

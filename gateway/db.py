@@ -50,6 +50,10 @@ def make_engine(url: str) -> Engine:
 # came during the COMMIT itself: a retry tells). Connecting gives
 # up after CONNECT_TIMEOUT seconds instead of hanging, and TCP keepalives notice a server that vanished
 # without closing its connections (a failover to another machine). The URL's own query parameters win.
+# Twenty connections are kept open, as many as a process's request threads use at once (sixteen service
+# and eight database threads, adapters.http_api, plus the background work's, rarely all busy): a pool
+# smaller than that closes the extra connections as they come back and opens new ones for the next
+# requests, each a new PostgreSQL backend that has lost psycopg's prepared statements.
 CONNECT_TIMEOUT = 10
 _KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
 
@@ -62,8 +66,8 @@ def _server_engine_options(query: Any) -> dict[str, Any]:
     }
     return {
         "pool_pre_ping": True,
-        "pool_size": 10,
-        "max_overflow": 20,
+        "pool_size": 20,
+        "max_overflow": 10,
         "pool_timeout": 30,
         "connect_args": connect_args,
     }
