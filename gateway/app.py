@@ -113,6 +113,9 @@ class Edge:
         # as FastAPI makes its own, so both see the same handlers.
         inner = {key: h for key, h in handlers.items() if key not in (500, Exception)}
         self._endpoint = ExceptionMiddleware(_endpoint, handlers=inner)
+        # That one, called here for what escapes the application before its answer began, so that the
+        # answer (and the log line of the fault) carry the request id: outside this layer they had none.
+        self._last_resort = handlers.get(Exception) or handlers.get(500)
         # Children of the labelled metrics by their labels: ``labels()`` checks and locks every time.
         self._counted: dict[tuple[str, str, int], Any] = {}
         self._timed: dict[tuple[str, str], Any] = {}
@@ -136,10 +139,13 @@ class Edge:
         started = time.perf_counter()
         status = 500
 
+        answered = False
+
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
                 status = message["status"]
+                answered = True
                 message["headers"] = [*message.get("headers", ()), (logs.HEADER, rid.encode("ascii"))]
             await send(message)
 
@@ -160,6 +166,13 @@ class Edge:
                         await self._application(scope, receive, send_with_id)
                 else:
                     await self._counted_body(scope, receive, send_with_id)
+            except Exception as exc:
+                if answered or self._last_resort is None:
+                    raise  # half an answer is out: the server closes the connection
+                response = self._last_resort(StarletteRequest(scope, receive), exc)
+                if inspect.isawaitable(response):
+                    response = await response
+                await response(scope, receive, send_with_id)
             finally:
                 self._measure(scope, status, time.perf_counter() - started)
         finally:
