@@ -88,7 +88,8 @@ class Edge:
     - bodies over ``[server] max_body_bytes`` refused with 413 before the application reads them;
     - then the application: a request for a route the ``index`` names direct (``http_api.direct``)
       straight to its endpoint, within the application's error ``handlers`` as FastAPI's
-      ExceptionMiddleware calls them; any other through FastAPI's layers (``app``);
+      ExceptionMiddleware calls them; any other through FastAPI's layers (``app``); a fault that escapes
+      either, before an answer began, answered by the handler of last resort;
     - then, the request done, ``observe`` (the ingest channels' metrics) and the access line.
     """
 
@@ -109,11 +110,11 @@ class Edge:
         self.observe = observe
         self.index = index
         # The handlers FastAPI gives its ExceptionMiddleware: all but the one of Exception (or 500), which
-        # ServerErrorMiddleware, outside this layer, calls. Made when the application is first called,
-        # as FastAPI makes its own, so both see the same handlers.
+        # Starlette leaves to ServerErrorMiddleware, outside this layer. Made when the application is
+        # first called, as FastAPI makes its own, so both see the same handlers.
         inner = {key: h for key, h in handlers.items() if key not in (500, Exception)}
         self._endpoint = ExceptionMiddleware(_endpoint, handlers=inner)
-        # That one, called here for what escapes the application before its answer began, so that the
+        # That one is called here, for what escapes the application before its answer began, so that the
         # answer (and the log line of the fault) carry the request id: outside this layer they had none.
         self._last_resort = handlers.get(Exception) or handlers.get(500)
         # Children of the labelled metrics by their labels: ``labels()`` checks and locks every time.

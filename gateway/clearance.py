@@ -110,14 +110,16 @@ _MEMBERS_LOCKED = Prepared(
 )
 _OPEN_INSPECTION = select(_N).where(_N.c.bundle_id == bindparam("bundle_id"), _N.c.status == "OPEN")
 _TRANSHIPS = select(_X).where(_X.c.ccrn.in_(bindparam("ccrns", expanding=True)))
-_BUNDLE_ARRIVED = Prepared(
-    update(_B).where(_B.c.bundle_id == bindparam("key")).values(status="ARRIVED", updated_at=bindparam("now"))
-)
-_BUNDLE_CROSSED = Prepared(
-    update(_B)
-    .where(_B.c.bundle_id == bindparam("key"))
-    .values(status="CROSSED", live_vehicle=None, updated_at=bindparam("now"))
-)
+# A bundle's new status; a bundle that has ended (crossed, held) frees its vehicle to bundle again.
+_ENDED = {False: {}, True: {"live_vehicle": None}}
+_BUNDLE_STATUS = {
+    ended: Prepared(
+        update(_B)
+        .where(_B.c.bundle_id == bindparam("key"))
+        .values(status=bindparam("to"), updated_at=bindparam("now"), **freed)
+    )
+    for ended, freed in _ENDED.items()
+}
 _STATUSES = select(_C.c.ccrn, _C.c.status, _C.c.status_version).where(
     _C.c.ccrn.in_(bindparam("ccrns", expanding=True))
 )
@@ -517,7 +519,7 @@ def _conclude(
         conn.execute(
             update(_X).where(_X.c.ccrn == ccrn).values(status="INSPECTION", intact=False, second_at=now)
         )
-    if verdict.decision == "RELEASE" and bundle is not None:
+    if verdict.decision == "RELEASE" and bundle is not None:  # transhipment legs: their rules run here
         _arrive_and_cross(conn, gw, actor, req, plan)
         return _answer(actor, clearance_id, verdict, [m.ccrn for m in plan.members], detail)
     states = _arrive(conn, gw, actor, req, plan, verdict.decision) if bundle is not None else {}
@@ -753,11 +755,12 @@ def bump(conn: Connection, gw: Gateway, actor: Actor, ccrn: str, kind: str, data
     move(conn, gw, actor, [ccrn], None, kind, data)
 
 
-def _set_bundle(conn: Connection, gw: Gateway, bundle_id: str, status: str) -> None:
-    values: dict[str, Any] = {"status": status, "updated_at": gw.now()}
-    if status in ("CROSSED", "HELD"):
-        values["live_vehicle"] = None  # the vehicle may bundle again
-    conn.execute(update(_B).where(_B.c.bundle_id == bundle_id).values(**values))
+def _set_bundle(
+    conn: Connection, gw: Gateway, bundle_id: str, status: str, now: datetime | None = None
+) -> None:
+    """Sent (in a ``pipeline`` block, with the block's other statements)."""
+    ended = status in ("CROSSED", "HELD")
+    _BUNDLE_STATUS[ended].send(conn, {"key": bundle_id, "to": status, "now": now or gw.now()})
 
 
 def _arrival(req: KioskRequest, plan: Plan, decision: str) -> dict[str, Any]:
@@ -785,7 +788,7 @@ def _arrive(
     again = [m.ccrn for m in plan.members if m.status != "BUNDLED"]
     move(conn, gw, actor, again, None, "ARRIVED", data, vehicle=bundle.vehicle, states=states)
     if bundle.status == "LIVE":
-        _BUNDLE_ARRIVED.run(conn, {"key": bundle.bundle_id, "now": gw.now()})
+        _set_bundle(conn, gw, bundle.bundle_id, "ARRIVED")
     return states
 
 
@@ -817,7 +820,7 @@ def _arrive_and_cross(conn: Connection, gw: Gateway, actor: Actor, req: KioskReq
         leg = dict(plan.records[m.ccrn].get("transhipment") or {})
         if leg:  # the transhipment rules; nothing to do for other cargo
             transhipments.on_crossed(conn, gw, actor, m.ccrn, bundle.control_point, req.elock_id, False, leg)
-    _BUNDLE_CROSSED.send(conn, {"key": bundle.bundle_id, "now": now})
+    _set_bundle(conn, gw, bundle.bundle_id, "CROSSED", now)
 
 
 def cross(

@@ -126,10 +126,7 @@ def book(
     SLOT_FULL when the day has none."""
     hint = with_room(conn, code, cp, target) if room is None else room
     for i, (start, end) in enumerate(hint):
-        if i == 0 and taking is not None:
-            if taking.rowcount() or _take_new(conn, code, start, cp.slot_capacity):
-                return start, end
-        elif _take(conn, code, start, cp.slot_capacity):
+        if _take(conn, code, start, cp.slot_capacity, taking if i == 0 else None):
             return start, end
     if len(hint) >= HINTS:  # the hint stopped short of the end of the day: the later slots, read again
         for start, end in with_room(conn, code, cp, hint[-1][1], limit=None):
@@ -150,14 +147,12 @@ def send_take(conn: Connection, code: str, start: datetime, capacity: int) -> Pe
     return _TAKE.send(conn, {"cp": code, "start": start, "cap": capacity})
 
 
-def _take(conn: Connection, code: str, start: datetime, capacity: int) -> bool:
-    return bool(_TAKE.run(conn, {"cp": code, "start": start, "cap": capacity})) or _take_new(
-        conn, code, start, capacity
-    )
-
-
-def _take_new(conn: Connection, code: str, start: datetime, capacity: int) -> bool:
-    """The slot's conditional update took nothing: its row is full, or not made yet."""
+def _take(conn: Connection, code: str, start: datetime, capacity: int, sent: Pending | None = None) -> bool:
+    """Book one place in the slot if it has room (``sent``: its conditional update, sent already)."""
+    taking = send_take(conn, code, start, capacity) if sent is None else sent
+    if taking.rowcount():
+        return True
+    # The conditional update took nothing: the slot's row is full, or not made yet.
     params = {"cp": code, "start": start, "cap": capacity}
     try:
         with conn.begin_nested():
