@@ -25,7 +25,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -49,10 +49,14 @@ class BadReply(ImmigrationUnavailable):
 
 
 class ImmigrationClient:
-    def __init__(self, url: str, timeout_ms: int, pool_size: int = 64) -> None:
+    def __init__(
+        self, url: str, timeout_ms: int, pool_size: int = 64, on_loaded: Callable[[], None] | None = None
+    ) -> None:
+        """``on_loaded`` runs once the WSDL is loaded (the serving process settles its heap then)."""
         self.url = url
         self.timeout = max(timeout_ms, 1) / 1000
         self._pool_size = pool_size
+        self._on_loaded = on_loaded
         self._service: Any = None
         self._lock = threading.Lock()
 
@@ -74,6 +78,8 @@ class ImmigrationClient:
         try:
             if self._service is None:
                 self._service = self._build()
+                if self._on_loaded is not None:
+                    self._on_loaded()
             return self._service
         finally:
             self._lock.release()

@@ -35,6 +35,7 @@ from urllib.parse import parse_qsl
 from lxml import etree
 
 from adapters import soap, xml_channel
+from gateway import heap
 from gateway.errors import GatewayError
 
 log = logging.getLogger("roadcargo.immigration_sim")
@@ -348,5 +349,6 @@ def run(host: str, port: int, watchlist: frozenset[str], delay_ms: int, server_c
     # No access log: at kiosk rates it would cost more than the answers; notices are logged above.
     config = uvicorn.Config(create_app(sim), host=host, port=port, log_level="info", access_log=False)
     server = server_class(config)
+    heap.settle()  # like the gateway's processes: no long pauses in the answers it times
     server.run()
     return 0 if server.started else 1

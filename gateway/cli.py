@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
-from gateway import consignments, db, parties
+from gateway import consignments, db, heap, parties
 from gateway.config import Config, ConfigError, load_config
 from gateway.context import AGENCY_SCOPES, ROLES, Actor, Gateway
 from gateway.errors import GatewayError, catalogue_markdown
@@ -67,6 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     @asynccontextmanager
     async def lifespan(_app: Any) -> Any:
+        heap.settle()  # before the first request: what is loaded now stays for the process's life
         # -- background work: in this process unless --no-background; else `roadcargo worker`
         background = None if args.no_background else Background(gw, immigration)
         if background is not None:
@@ -136,7 +137,9 @@ def _uvicorn_server() -> Any:
 def _immigration_client(gw: Gateway) -> ImmigrationClient:
     from adapters.immigration_client import ImmigrationClient
 
-    return ImmigrationClient(gw.config.immigration.url, gw.config.immigration.timeout_ms)
+    # The WSDL's objects live as long as the process: out of the garbage collector's way (gateway.heap).
+    settings = gw.config.immigration
+    return ImmigrationClient(settings.url, settings.timeout_ms, on_loaded=heap.settle)
 
 
 # -- roadcargo worker -----------------------------------------------------------------------

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from gateway import consignments
+from gateway import consignments, heap
 from gateway.context import Gateway
 
 if TYPE_CHECKING:
@@ -211,6 +211,7 @@ def run_worker(gw: Gateway, immigration: ImmigrationClient | None, *, sftp: bool
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
+        heap.settle()
         background.start()
         names = ", ".join(j.name for j in background.jobs) + (", sftp" if sftp else "")
         print(f"Road Cargo Gateway worker running: {names}; SIGTERM or Ctrl-C stops it", flush=True)

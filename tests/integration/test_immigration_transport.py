@@ -305,3 +305,25 @@ def test_a_reply_with_bytes_after_its_end_does_not_keep_its_connection():
         assert ask(client) == "CLEARED"
         assert ask(client) == "CLEARED"  # not read from the leftover "EXTRA"
     assert script.soap_connections == 2
+
+
+def test_the_owner_is_told_once_when_the_wsdl_is_loaded_and_not_when_it_fails():
+    """``roadcargo serve`` settles its heap then (gateway.heap): once, however many calls follow."""
+    loaded: list[str] = []
+    with scripted(sized(), sized(REFER)) as (url, _script):
+        client = ImmigrationClient(url, 2000, on_loaded=lambda: loaded.append("WSDL"))
+        assert loaded == []  # lazily: nothing is loaded before it is needed
+        assert client.warm()
+        assert ask(client) == "CLEARED"
+        assert ask(client) == "REFER"
+    assert loaded == ["WSDL"]
+    nowhere = f"http://127.0.0.1:{_closed_port()}/immigration"
+    unreachable = ImmigrationClient(nowhere, 300, on_loaded=loaded.clear)
+    assert not unreachable.warm()
+    assert loaded == ["WSDL"]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
