@@ -1,11 +1,13 @@
 """Bundling throughput and latency over real HTTP, against `roadcargo serve` as a process.
 
-    .venv/bin/python bench/bundling.py [--bundles 2000] [--clients 32] [--processes 1] [--pg URL]
-        [--skip-sqlite] [--rate 300]
+    .venv/bin/python bench/bundling.py [--bundles 2000] [--clients 32] [--warmup 20] [--processes 1]
+        [--pg URL] [--skip-sqlite] [--rate 300] [--worker]
 
 For each storage (SQLite, and PostgreSQL when --pg or ROADCARGO_TEST_PG names a server), it starts the
 gateway on a free port with a fresh database, lodges consignments and registers drivers through the
-service layer (setup, not timed), then runs N bundle requests from C concurrent HTTP clients, each
+service layer (setup, not timed), warms the gateway up with ``--warmup`` bundles per client (not timed
+either: database connections opened, statements prepared, as in a gateway that has been running), then
+runs N bundle requests from C concurrent HTTP clients, each
 bundling one to three CCRNs with its own vehicle, spread over the six control points and expected
 tomorrow at 08:00 (so that the hour a run starts at does not matter), while the Immigration simulator
 takes the advance notices the gateway sends in the background. In the same run it times /healthz round
@@ -43,11 +45,11 @@ sys.path.insert(0, str(ROOT))
 
 from bench.harness import (  # noqa: E402
     CONTROL_POINTS,
+    Meter,
     RawClient,
     bench_record,
     children,
     connect_all,
-    cpu_seconds,
     database_cpu,
     drive,
     drive_paced,
@@ -62,6 +64,7 @@ from bench.harness import (  # noqa: E402
     storages,
     vehicle_number,
     wait_until_up,
+    warm_up,
 )
 from gateway import consignments, db, parties  # noqa: E402
 from gateway.clock import HONG_KONG, Clock  # noqa: E402
@@ -114,11 +117,13 @@ async def _run(
     plan: list[list[tuple[str, str, list[str]]]],
     arrival: str,
     rate: float | None,
+    warmup: int,
+    meter: Meter,
 ) -> dict[str, Any]:
     clients = await connect_all(ports, len(keys))
     try:
         health_run = await health(clients, 50)
-        work = [
+        requests = [
             [
                 RawClient.build(
                     "POST",
@@ -143,13 +148,17 @@ async def _run(
             if status != 201:
                 errors.append(f"{status} {body[:200]!r}")
 
+        await warm_up(clients, [r[:warmup] for r in requests], check)
+        work = [r[warmup:] for r in requests]
+        meter.start()
         started = time.process_time()
         run = await (drive(clients, work, check) if rate is None else drive_paced(clients, work, check, rate))
         client_cpu = time.process_time() - started
+        spent = meter.stop()
     finally:
         for c in clients:
             await c.close()
-    return {"run": run, "health": health_run, "errors": errors, "client_cpu": client_cpu}
+    return {"run": run, "health": health_run, "errors": errors, "client_cpu": client_cpu, **spent}
 
 
 def bench(
@@ -161,8 +170,9 @@ def bench(
     processes: int,
     rate: float | None = None,
     worker: bool = False,
+    warmup: int = 0,
 ) -> dict[str, Any]:
-    keys, plan, arrival = _prepare(url, bundles, clients)
+    keys, plan, arrival = _prepare(url, bundles + warmup * clients, clients)
     # Every bundle sends Immigration an advance notice (through the outbox, in the background): the
     # simulator takes them, as Immigration would. Without it every notice would fail and be retried
     # throughout the run, which is not the work of a bundle.
@@ -185,13 +195,8 @@ def bench(
         wait_until_up(f"http://127.0.0.1:{sim_port}/immigration?wsdl", "the Immigration simulator")
         procs, ports = start_gateways(label, processes, env, workdir, worker)
         pids = [pid for proc in procs for pid in children(proc.pid)]
-        database = database_cpu(url)
-        db_before = database() if database is not None else 0.0
-        before, sim_before = cpu_seconds(pids), cpu_seconds([sim.pid])
-        result: dict[str, Any] = run_async(lambda: _run(ports, keys, plan, arrival, rate))
-        result["server_cpu"] = cpu_seconds(pids) - before
-        result["sim_cpu"] = cpu_seconds([sim.pid]) - sim_before
-        result["db_cpu"] = database() - db_before if database is not None else None
+        meter = Meter(pids, [sim.pid], database_cpu(url))
+        result: dict[str, Any] = run_async(lambda: _run(ports, keys, plan, arrival, rate, warmup, meter))
         result["load"] = load()
         return result
     finally:
@@ -204,6 +209,13 @@ def main() -> None:
     )
     parser.add_argument("--bundles", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=20,
+        help="bundles per client sent before the clock starts (not counted), so that the run sees the "
+        "gateway warm: database connections open, statements prepared",
+    )
     parser.add_argument(
         "--processes",
         type=int,
@@ -228,7 +240,8 @@ def main() -> None:
     args = parser.parse_args()
     pacing = "as fast as they are answered" if args.rate is None else f"open loop at {args.rate:g}/s offered"
     print(
-        f"# bundling over HTTP, {args.clients} clients, {args.bundles} bundles, "
+        f"# bundling over HTTP, {args.clients} clients, {args.bundles} bundles (after {args.warmup} each "
+        "to warm up), "
         f"{args.processes} gateway process(es){' and a worker' if args.worker else ''}, "
         f"requests sent {pacing}"
     )
@@ -241,7 +254,15 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|---|---|---|---|")
         for label, url in runs:
             r = bench(
-                label, url, args.bundles, args.clients, Path(tmp), args.processes, args.rate, args.worker
+                label,
+                url,
+                args.bundles,
+                args.clients,
+                Path(tmp),
+                args.processes,
+                args.rate,
+                args.worker,
+                args.warmup,
             )
             run, hz, n = r["run"], r["health"], max(len(r["run"].latencies), 1)
             print(

@@ -12,6 +12,7 @@ generator, gives the same /healthz ceiling within a few per cent (bench/RESULTS.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import platform
 import socket
@@ -196,6 +197,18 @@ async def drive_paced(
     return Run([x for xs in lats for x in xs], time.perf_counter() - started)
 
 
+async def warm_up(
+    clients: list[RawClient], work: list[list[bytes]], check: Callable[[int, bytes], None]
+) -> None:
+    """Requests sent before the clock starts, one after another per client: the timed run then sees the
+    gateway as it runs all day, its database connections open and its statements prepared (psycopg
+    prepares a statement on a connection at its fifth use; before, each one is planned anew). Without
+    it, the first second of an open-loop run on PostgreSQL answered in 400-600 ms and the queue it left
+    took ten seconds to drain (bench/RESULTS.md)."""
+    if any(work):
+        await drive(clients, work, check)
+
+
 async def health(clients: list[RawClient], per_client: int) -> Run:
     """/healthz round trips with the same connections: the floor of any request through the stack."""
     request = RawClient.build("GET", "/healthz")
@@ -251,6 +264,10 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 def run_async(make: Callable[[], Awaitable[Any]]) -> Any:
+    # The setup's objects out of the collector's way: a full collection of them would stop the load
+    # generator for tens of milliseconds, counted in the latencies it measures (gateway/heap.py).
+    gc.collect()
+    gc.freeze()
     loop = new_loop()
     try:
         return loop.run_until_complete(make())
@@ -322,6 +339,32 @@ def database_cpu(url: str) -> Callable[[], float] | None:
 def ms_each(seconds: float | None, n: int) -> str:
     """Milliseconds per request for a table, or "-" where it was not measured."""
     return "-" if seconds is None else f"{seconds / n * 1000:.2f}"
+
+
+@dataclass
+class Meter:
+    """The CPU seconds the gateway's processes, the simulator and the database server spend between
+    ``start`` and ``stop``: the timed run's, without the setup and the warm-up."""
+
+    gateway: list[int]
+    simulator: list[int]
+    database: Callable[[], float] | None
+    _begin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def _read(self) -> tuple[float, float, float]:
+        spent = self.database() if self.database is not None else 0.0
+        return cpu_seconds(self.gateway), cpu_seconds(self.simulator), spent
+
+    def start(self) -> None:
+        self._begin = self._read()
+
+    def stop(self) -> dict[str, float | None]:
+        end = self._read()
+        return {
+            "server_cpu": end[0] - self._begin[0],
+            "sim_cpu": end[1] - self._begin[1],
+            "db_cpu": end[2] - self._begin[2] if self.database is not None else None,
+        }
 
 
 def children(pid: int) -> list[int]:

@@ -1,8 +1,8 @@
 """Kiosk decisions per second and their latency over real HTTP, against `roadcargo serve` as a process,
 with the Immigration simulator (`roadcargo simulate immigration`) answering every driver.
 
-    .venv/bin/python bench/kiosk.py [--decisions 2000] [--kiosks 32] [--processes 1] [--pg URL]
-        [--skip-sqlite] [--rate 500]
+    .venv/bin/python bench/kiosk.py [--decisions 2000] [--kiosks 32] [--warmup 20] [--processes 1]
+        [--pg URL] [--skip-sqlite] [--rate 500] [--worker]
 
 For each storage (SQLite, and PostgreSQL when --pg or ROADCARGO_TEST_PG names a server), it starts the
 simulator and the gateway on free ports with a fresh database, lodges and bundles one to three
@@ -10,7 +10,9 @@ consignments per vehicle through the service layer (setup, not timed; a lead tim
 roomy slots so that every truck may cross at once), then sends one kiosk request per vehicle from K
 concurrent kiosks, each a kiosk party bound to its control point, spread over the six control points,
 once the gateway has delivered every bundle's advance notice to the simulator (at a border that happens
-at bundling, long before the truck arrives: it is not the kiosk's work).
+at bundling, long before the truck arrives: it is not the kiosk's work). The first ``--warmup`` trucks
+of each kiosk are not timed: they warm the gateway up (database connections opened, statements
+prepared), as in a gateway that has been running.
 In the same run it times /healthz round trips with the same connections, the floor of any request through
 the stack. It prints decisions/s, p50/p99 latency, the ratio to /healthz, the CPU time the gateway, PostgreSQL
 (its processes on this machine, "-" on SQLite, whose work is the gateway's own), the simulator and the
@@ -44,11 +46,11 @@ sys.path.insert(0, str(ROOT))
 
 from bench.harness import (  # noqa: E402
     CONTROL_POINTS,
+    Meter,
     RawClient,
     bench_record,
     children,
     connect_all,
-    cpu_seconds,
     database_cpu,
     drive,
     drive_paced,
@@ -63,6 +65,7 @@ from bench.harness import (  # noqa: E402
     storages,
     vehicle_number,
     wait_until_up,
+    warm_up,
 )
 from gateway import bundles, consignments, db, parties  # noqa: E402
 from gateway.clock import HONG_KONG, Clock  # noqa: E402
@@ -126,12 +129,18 @@ def _prepare(url: str, config: Path, decisions: int, kiosks: int) -> tuple[list[
 
 
 async def _run(
-    ports: list[int], keys: list[str], points: list[str], plan: list[Work], rate: float | None
+    ports: list[int],
+    keys: list[str],
+    points: list[str],
+    plan: list[Work],
+    rate: float | None,
+    warmup: int,
+    meter: Meter,
 ) -> dict[str, Any]:
     clients = await connect_all(ports, len(keys))
     try:
         health_run = await health(clients, 50)
-        work = [
+        requests = [
             [
                 RawClient.build(
                     "POST",
@@ -155,13 +164,26 @@ async def _run(
                 answer = json.loads(body)
                 mix[f"{answer['decision']} {','.join(answer['reasons'])}".strip()] += 1
 
+        await warm_up(clients, [r[:warmup] for r in requests], check)
+        errors.clear()
+        mix.clear()
+        work = [r[warmup:] for r in requests]
+        meter.start()
         started = time.process_time()
         run = await (drive(clients, work, check) if rate is None else drive_paced(clients, work, check, rate))
         client_cpu = time.process_time() - started
+        spent = meter.stop()
     finally:
         for c in clients:
             await c.close()
-    return {"run": run, "health": health_run, "errors": errors, "mix": dict(mix), "client_cpu": client_cpu}
+    return {
+        "run": run,
+        "health": health_run,
+        "errors": errors,
+        "mix": dict(mix),
+        "client_cpu": client_cpu,
+        **spent,
+    }
 
 
 def _notices_delivered(sim_port: int, bundles_made: int) -> None:
@@ -185,12 +207,14 @@ def bench(
     processes: int,
     rate: float | None = None,
     worker: bool = False,
+    warmup: int = 0,
 ) -> dict[str, Any]:
     roadcargo = str(Path(sys.executable).with_name("roadcargo"))
     sim_port = free_port()
     cfg = workdir / f"{label}.toml"
     _config(cfg, workdir / label, sim_port)
-    keys, points, plan = _prepare(url, cfg, decisions, kiosks)
+    trucks = decisions + warmup * kiosks
+    keys, points, plan = _prepare(url, cfg, trucks, kiosks)
     env = {**os.environ, "ROADCARGO_DB": url, "ROADCARGO_CONFIG": str(cfg)}
     sim = subprocess.Popen(
         [roadcargo, "simulate", "immigration", "--port", str(sim_port)],
@@ -202,15 +226,10 @@ def bench(
     try:
         wait_until_up(f"http://127.0.0.1:{sim_port}/immigration?wsdl", "the Immigration simulator")
         procs, ports = start_gateways(label, processes, env, workdir, worker)
-        _notices_delivered(sim_port, decisions)
+        _notices_delivered(sim_port, trucks)
         pids = [pid for proc in procs for pid in children(proc.pid)]
-        database = database_cpu(url)
-        db_before = database() if database is not None else 0.0
-        before, sim_before = cpu_seconds(pids), cpu_seconds([sim.pid])
-        result: dict[str, Any] = run_async(lambda: _run(ports, keys, points, plan, rate))
-        result["server_cpu"] = cpu_seconds(pids) - before
-        result["sim_cpu"] = cpu_seconds([sim.pid]) - sim_before
-        result["db_cpu"] = database() - db_before if database is not None else None
+        meter = Meter(pids, [sim.pid], database_cpu(url))
+        result: dict[str, Any] = run_async(lambda: _run(ports, keys, points, plan, rate, warmup, meter))
         result["load"] = load()
         return result
     finally:
@@ -223,6 +242,13 @@ def main() -> None:
     )
     parser.add_argument("--decisions", type=int, default=2000)
     parser.add_argument("--kiosks", type=int, default=32)
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=20,
+        help="trucks per kiosk sent before the clock starts (not counted), so that the run sees the "
+        "gateway warm: database connections open, statements prepared",
+    )
     parser.add_argument(
         "--processes", type=int, default=1, help="gateway processes on one database (kiosks spread over them)"
     )
@@ -245,7 +271,7 @@ def main() -> None:
     pacing = "as fast as they are answered" if args.rate is None else f"open loop at {args.rate:g}/s offered"
     print(
         f"# kiosk decisions over HTTP, Immigration simulator answering, {args.kiosks} kiosks, "
-        f"{args.decisions} trucks, {args.processes} gateway process(es)"
+        f"{args.decisions} trucks (after {args.warmup} each to warm up), {args.processes} gateway process(es)"
         f"{' and a worker' if args.worker else ''}, requests sent {pacing}"
     )
     print(f"# {machine()}")
@@ -258,7 +284,15 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for label, url in runs:
             r = bench(
-                label, url, args.decisions, args.kiosks, Path(tmp), args.processes, args.rate, args.worker
+                label,
+                url,
+                args.decisions,
+                args.kiosks,
+                Path(tmp),
+                args.processes,
+                args.rate,
+                args.worker,
+                args.warmup,
             )
             run, hz, n = r["run"], r["health"], max(len(r["run"].latencies), 1)
             print(
