@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Connection, bindparam, insert, select, update
@@ -107,6 +107,21 @@ _MEMBERS_LOCKED = Prepared(
     .where(_I.c.removed_at.is_(None))
     .order_by(_C.c.ccrn)
     .with_for_update(of=(_C, _I))
+)
+# A kiosk whose answer was lost asks again within seconds; two minutes leave room for a kiosk that
+# reconnects, and none for a truck that comes back another day.
+RESEND_WINDOW = timedelta(minutes=2)
+# The vehicle's last clearance, with the status of the bundle it decided on.
+_LAST_CLEARANCE = Prepared(
+    select(
+        *(_K.c[name] for name in ("clearance_id", "at", "control_point", "lane", "driver_document")),
+        *(_K.c[name] for name in ("requested_by", "empty", "decision", "reasons", "ccrns", "detail")),
+        _B.c.status.label("bundle_status"),
+    )
+    .select_from(_K.outerjoin(_B, _B.c.bundle_id == _K.c.bundle_id))
+    .where(_K.c.vehicle == bindparam("vehicle"))
+    .order_by(_K.c.at.desc(), _K.c.clearance_id.desc())
+    .limit(1)
 )
 _OPEN_INSPECTION = select(_N).where(_N.c.bundle_id == bindparam("bundle_id"), _N.c.status == "OPEN")
 _TRANSHIPS = select(_X).where(_X.c.ccrn.in_(bindparam("ccrns", expanding=True)))
@@ -405,6 +420,10 @@ def decide(gw: Gateway, actor: Actor, data: Any) -> dict[str, Any]:
             _authorise(actor, req.control_point, bound)
             authorised = True
             first = _plan(conn, gw, req, False, bundle, members)
+            if bundle is None and first.early is not None and first.early.reasons == ["NO_BUNDLE"]:
+                again = _released_just_now(conn, gw, actor, req)
+                if again is not None:
+                    return again
         return _decide(gw, actor, req, first)
     except Exception:
         if not authorised:  # a refused caller gets its error, not a decision
@@ -412,6 +431,29 @@ def decide(gw: Gateway, actor: Actor, data: Any) -> dict[str, Any]:
         log.exception("kiosk decision failed: the truck goes to a manual lane")
         out: dict[str, Any] = {"decision": "NOT_READY", "reasons": ["SYSTEM_FAULT"], "ccrns": []}
         return out
+
+
+def _released_just_now(
+    conn: Connection, gw: Gateway, actor: Actor, req: KioskRequest
+) -> dict[str, Any] | None:
+    """The RELEASE this kiosk was given for this vehicle, driver and lane within ``RESEND_WINDOW``,
+    when the kiosk asks again because that answer was lost on its way: the release ended the bundle,
+    so a fresh decision would find none and send a cleared truck to a manual lane. Nothing is decided
+    or recorded again (the request itself is kept with the raw messages). None in every other case."""
+    last = _LAST_CLEARANCE.first(conn, {"vehicle": req.vehicle})
+    if (
+        last is None
+        or last.decision != "RELEASE"
+        or last.empty
+        or last.bundle_status != "CROSSED"  # an officer's hold since, say, is not replayed
+        or (last.requested_by, last.control_point, last.lane, last.driver_document)
+        != (actor.party_id, req.control_point, req.lane, req.driver_document)
+        or last.at < gw.now() - RESEND_WINDOW
+    ):
+        return None
+    log.info("kiosk %s asked again for vehicle %s: its RELEASE is sent again", actor.party_id, req.vehicle)
+    verdict = Verdict("RELEASE", json.loads(last.reasons))
+    return _answer(actor, last.clearance_id, verdict, json.loads(last.ccrns), json.loads(last.detail))
 
 
 def _decide(gw: Gateway, actor: Actor, req: KioskRequest, first: Plan) -> dict[str, Any]:

@@ -552,3 +552,63 @@ def test_after_a_refused_driver_another_driver_may_take_the_truck_through(b, gw)
     seen = [(e[0], e[1], e[2]) for e in events(gw, ccrn)][-3:]
     assert seen == [("ARRIVED", "ARRIVED", 3), ("ARRIVED", "ARRIVED", 4), ("CROSSED", "CROSSED", 5)]
     assert [e[3]["decision"] for e in events(gw, ccrn) if e[0] == "ARRIVED"] == ["REFUSE", "RELEASE"]
+
+
+def clearances_of(gw, vehicle):
+    with gw.engine.connect() as conn:
+        query = select(tables.clearances).where(tables.clearances.c.vehicle == vehicle)
+        return conn.execute(query.order_by(tables.clearances.c.clearance_id)).all()
+
+
+def test_a_kiosk_asking_again_after_losing_its_release_gets_the_same_release(b, gw, party):
+    ccrns = [b.lodge(), b.lodge()]
+    b.bundle(ccrns)
+    b.wait_lead_time()
+    first = clearance.decide(gw, b.kiosk, b.arrive())
+    assert first == {"decision": "RELEASE", "reasons": [], "ccrns": sorted(ccrns)}
+    crossed = events(gw, ccrns[0])
+    gw.clock.advance(timedelta(seconds=20))  # the answer was lost; the kiosk asks again
+    assert clearance.decide(gw, b.kiosk, b.arrive()) == first
+    # Decided once: Immigration asked once, one clearance, no event after the crossing.
+    assert len(b.immigration.calls) == 1
+    assert [c.decision for c in clearances_of(gw, "AB1234")] == ["RELEASE"]
+    assert events(gw, ccrns[0]) == crossed and status(gw, ccrns[0]) == "CROSSED"
+    # Only the kiosk that was answered is answered again: an officer asking gets a fresh decision.
+    officer_view = clearance.decide(gw, b.officer, b.arrive())
+    assert (officer_view["decision"], officer_view["reasons"]) == ("NOT_READY", ["NO_BUNDLE"])
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["another kiosk", "another driver document", "another lane", "too late", "after a NOT_READY"],
+)
+def test_a_release_is_sent_again_only_to_the_same_kiosk_driver_and_lane_soon_after(b, gw, party, change):
+    b.bundle([b.lodge()])
+    b.wait_lead_time()
+    assert clearance.decide(gw, b.kiosk, b.arrive())["decision"] == "RELEASE"
+    kiosk, request = b.kiosk, b.arrive()
+    if change == "another kiosk":
+        kiosk, _key = party.add(role="kiosk", name="LMC kiosk 2", control_point="LMC")
+    elif change == "another driver document":
+        request["driver_document"] = "K7654321"
+    elif change == "another lane":
+        request["lane"] = "2"
+    elif change == "too late":
+        gw.clock.advance(clearance.RESEND_WINDOW + timedelta(seconds=1))
+    else:  # the vehicle's last clearance is no longer the release
+        other, _key = party.add(role="kiosk", name="LMC kiosk 3", control_point="LMC")
+        clearance.decide(gw, other, b.arrive())
+    out = clearance.decide(gw, kiosk, request)
+    assert (out["decision"], out["reasons"]) == ("NOT_READY", ["NO_BUNDLE"])
+    assert len(b.immigration.calls) == 1
+
+
+def test_a_release_since_held_by_an_officer_is_not_sent_again(b, gw):
+    b.bundle([b.lodge()])
+    b.wait_lead_time()
+    made = clearance.decide(gw, b.kiosk, b.arrive())
+    assert made["decision"] == "RELEASE"
+    with gw.engine.begin() as conn:  # whatever ended the crossing since, the release no longer stands
+        conn.execute(tables.bundles.update().values(status="HELD"))
+    out = clearance.decide(gw, b.kiosk, b.arrive())
+    assert (out["decision"], out["reasons"]) == ("NOT_READY", ["NO_BUNDLE"])

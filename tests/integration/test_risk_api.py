@@ -177,6 +177,21 @@ def test_a_release_target_overrides_the_profile_at_the_kiosk(b, gw, client):
     assert r.json()["decision"] == "RELEASE"
 
 
+def test_a_kiosk_sending_its_request_again_after_a_lost_release_gets_it_again(b, gw, client, clock):
+    ccrn = consignments.lodge(gw, b.filer, record(submitter_reference="R1")).view["ccrn"]
+    b.bundle([ccrn])
+    b.wait_lead_time()
+    kiosk = bearer(b.kiosk_key)
+    first = client.post("/api/v1/kiosk/clearances", json=b.arrive(), headers=kiosk)
+    assert (first.status_code, first.json()["decision"]) == (200, "RELEASE")
+    clock.advance(timedelta(seconds=5))
+    again = client.post("/api/v1/kiosk/clearances", json=b.arrive(), headers=kiosk)
+    assert (again.status_code, again.json()) == (200, first.json())
+    seen = client.get("/api/v1/kiosk/clearances?vehicle=AB1234", headers=bearer(b.officer_key)).json()
+    assert [c["decision"] for c in seen["clearances"]] == ["RELEASE"]  # decided once
+    assert len(b.immigration.calls) == 1
+
+
 def test_officers_record_offences_which_feed_offences_last_90_days(b, gw, client, clock):
     officer = bearer(b.officer_key)
     client.post(
