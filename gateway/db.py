@@ -21,6 +21,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
+from gateway import prepared
+
 
 def default_url(data_dir: str | Path) -> str:
     return f"sqlite:///{Path(data_dir) / 'gateway.db'}"
@@ -38,6 +40,7 @@ def make_engine(url: str) -> Engine:
     engine = create_engine(url, **_server_engine_options(parsed.query))
     if engine.dialect.driver == "psycopg":
         _quiet_socket_ping(engine)
+        prepared.attach(engine)  # its pipeline blocks keep their statements in order
     return engine
 
 
@@ -53,17 +56,20 @@ def make_engine(url: str) -> Engine:
 # Twenty connections are kept open, as many as a process's request threads use at once (sixteen service
 # and eight database threads, adapters.http_api, plus the background work's, rarely all busy): a pool
 # smaller than that closes the extra connections as they come back and opens new ones for the next
-# requests, each a new PostgreSQL backend that has lost psycopg's prepared statements.
+# requests, each a new PostgreSQL backend that has lost the statements gateway.prepared prepared on it.
 CONNECT_TIMEOUT = 10
 _KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
 
 
 def _server_engine_options(query: Any) -> dict[str, Any]:
-    connect_args = {
+    connect_args: dict[str, Any] = {
         key: value
         for key, value in {"connect_timeout": CONNECT_TIMEOUT, **_KEEPALIVES}.items()
         if key not in query
     }
+    # The hot statements are prepared by gateway.prepared, not by psycopg: psycopg's ROLLBACK deallocates
+    # every prepared statement of its connection (ours too) once it has prepared any of its own.
+    connect_args["prepare_threshold"] = None
     return {
         "pool_pre_ping": True,
         "pool_size": 20,

@@ -17,20 +17,29 @@ INSERT needs a Python-side column default, or an ``IN`` list that is empty, goes
 
 On PostgreSQL each statement is a network round trip, and each round trip costs both sides more CPU
 than a hot statement's own work (a kiosk decision made fifteen of them). Statements that do not need
-each other's answers are sent together in a ``pipeline`` block (psycopg's pipeline mode): ``send``
-sends a statement and returns its ``Pending`` answer, read once the block has ended; the block's end
-is one round trip for all of them, and a COMMIT inside the block goes with them. Elsewhere (SQLite) a
-``pipeline`` block changes nothing: each statement runs when it is sent.
+each other's answers are sent together in a ``pipeline`` block: ``send`` queues a statement and returns
+its ``Pending`` answer, read once the block has ended; the block's end is one round trip for all of them,
+and a COMMIT inside the block goes with them. The block is libpq's pipeline, driven here through
+psycopg's low-level ``pq`` interface: every statement of the block is put in libpq's buffer, flushed
+once, and the answers read in one go. psycopg's own pipeline mode polls and sends once per statement,
+waking the server for each: 5x the client CPU and 1.5x the server's for a dozen statements
+(bench/pg_pipeline.py, bench/RESULTS.md), a sixth of a bundle's CPU. The statements are prepared on the
+server once per connection; their parameters are sent as text, through psycopg's own dumpers, and typed
+by the server from the casts SQLAlchemy writes into the SQL; the rows come back through psycopg's own
+loaders. Elsewhere (SQLite) a ``pipeline`` block changes nothing: each statement runs when it is sent.
 """
 
 from __future__ import annotations
 
+import itertools
+import re
+import select
 from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
-from sqlalchemy import Connection, bindparam
+from sqlalchemy import Connection, Engine, bindparam, event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import visitors
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -47,7 +56,7 @@ class _Plan:
     """One statement compiled for one dialect, one set of INSERT columns and one length of each
     ``IN`` list."""
 
-    __slots__ = ("binders", "named", "processors", "row", "sql")
+    __slots__ = ("binders", "named", "processors", "row", "server_sql", "sql")
 
     def __init__(
         self,
@@ -62,6 +71,9 @@ class _Plan:
         self.named = named
         self.row = row
         self.processors = processors
+        # PostgreSQL's own form, $1, $2 ... in the order of ``values``, for the server-side statement
+        # (psycopg's dialect writes pyformat, SQLite's qmark).
+        self.server_sql = _numbered(sql, binders).encode() if named else b""
 
     def values(self, params: Mapping[str, Any]) -> Any:
         out: list[Any] = []
@@ -81,6 +93,16 @@ class _Plan:
 
 def _named(name: str, index: int | None) -> str:
     return name if index is None else f"{name}__{index}"
+
+
+_PLACEHOLDER = re.compile(r"%\(([^)]+)\)s|%%")
+
+
+def _numbered(sql: str, binders: list[Binder]) -> str:
+    """pyformat SQL (``%(name)s``, ``%%``) as PostgreSQL's numbered parameters, numbered as ``values``
+    gives them."""
+    number = {_named(name, index): i + 1 for i, (name, index, _p, _d) in enumerate(binders)}
+    return _PLACEHOLDER.sub(lambda m: f"${number[m.group(1)]}" if m.group(1) else "%", sql)
 
 
 class Prepared:
@@ -221,6 +243,14 @@ class Prepared:
     def _execute(conn: Connection, plan: _Plan, values: Any, many: bool = False) -> Any:
         if not conn.in_transaction():
             conn.begin()  # as Connection.execute would begin it (and our SQLite BEGIN with it)
+        if plan.server_sql:  # PostgreSQL: through libpq, in the block's batch or in one of its own
+            batch = conn.info.get(_BATCH)
+            if batch is not None:
+                return batch.add(plan, values if many else [values])
+            alone = _Batch(conn, conn.connection.driver_connection)
+            answer = alone.add(plan, values if many else [values])
+            alone.run()
+            return answer
         dbapi = conn.connection.driver_connection
         assert dbapi is not None
         cursor = dbapi.cursor()
@@ -293,14 +323,9 @@ class Pending:
 
     def rowcount(self) -> int:
         """The number of rows the statement affected (in a pipeline, waiting for the answer)."""
-        if self._cursors:
-            dbapi = self._conn.connection.driver_connection
-            if getattr(getattr(dbapi, "pgconn", None), "pipeline_status", 0):
-                self._read(None, lambda: _sync(dbapi))
         count = 0
         for cursor in self._cursors:
-            count += int(cursor.rowcount)
-            cursor.close()
+            count += int(self._read(cursor, _rowcount(cursor)))
         return count
 
     def _read(self, cursor: Any, read: Callable[[], Any]) -> Any:
@@ -314,9 +339,8 @@ class Pending:
                 cursor.close()
 
 
-def _sync(dbapi: Any) -> None:
-    with dbapi.pipeline() as pipe:
-        pipe.sync()
+def _rowcount(cursor: Any) -> Callable[[], int]:
+    return lambda: int(cursor.rowcount)
 
 
 @contextmanager
@@ -324,30 +348,220 @@ def pipeline(conn: Connection) -> Iterator[None]:
     """Statements sent in the block go to PostgreSQL together, without waiting for each one's answer: the
     block ends once all are answered, one round trip for all of them (a COMMIT in the block included).
 
-    Only ``Prepared.send`` (and ``Connection.commit``) belong in the block: a statement run through
-    SQLAlchemy's ``Connection.execute`` cannot be read before its answer arrives. The first error
-    aborts the statements after it and is raised as SQLAlchemy's exception, by the block's end or by
-    reading its answer. Elsewhere than PostgreSQL with psycopg the block changes nothing."""
+    ``Prepared.send`` (and ``Connection.commit``) are what belong in the block. A statement run through
+    SQLAlchemy's ``Connection.execute`` in it first sends what the block holds (a round trip), so that the
+    statements still run in their order. The first error aborts the statements after it and is raised as
+    SQLAlchemy's exception, by the block's end, by the COMMIT or by reading its answer; a block left by an
+    exception sends nothing. Elsewhere than PostgreSQL with psycopg the block changes nothing."""
     if conn.dialect.driver != "psycopg":
         yield
         return
     if not conn.in_transaction():
         conn.begin()  # as Connection.execute would begin it
-    dbapi = conn.connection.driver_connection
-    assert dbapi is not None
+    info = conn.info  # the connection's own: it may be invalidated in the block
+    if info.get(_BATCH) is not None:  # within another block: one batch
+        yield
+        return
+    dbapi: Any = conn.connection.driver_connection
+    batch = info[_BATCH] = _Batch(conn, dbapi)
     try:
-        with dbapi.pipeline():
-            yield
-    except conn.dialect.loaded_dbapi.Error as exc:
-        conn._handle_dbapi_exception(exc, "(pipeline)", (), None, None)
+        yield
+        batch.run()
     finally:
+        batch.closed = True
+        info.pop(_BATCH, None)
         # A COMMIT sent after a statement that failed is skipped, and the transaction stays aborted;
         # SQLAlchemy, whose commit failed, counts it as ended and would not roll it back.
-        if not conn.in_transaction() and not dbapi.closed and dbapi.pgconn.transaction_status == _INERROR:
+        if not dbapi.closed and not conn.in_transaction() and dbapi.pgconn.transaction_status == _INERROR:
             dbapi.rollback()
 
 
 _INERROR = 3  # libpq's PQTRANS_INERROR: in a failed transaction block
+_IDLE = 0  # PQTRANS_IDLE: no transaction open
+_BATCH = "roadcargo.pipeline"  # Connection.info: the block's batch while it is open
+_STATEMENTS = "roadcargo.statements"  # Connection.info: SQL -> name of the statements prepared on it
+_NAMES = itertools.count(1)
+
+
+def attach(engine: Engine) -> None:
+    """Let a PostgreSQL engine's connections keep a ``pipeline`` block in order: a COMMIT in the block is
+    sent with the block's statements, and a statement through ``Connection.execute`` after them."""
+
+    @event.listens_for(engine, "commit")
+    def _commit(conn: Connection) -> None:
+        batch = conn.info.get(_BATCH)
+        if batch is not None:
+            batch.commit()  # psycopg's own commit then finds the transaction ended and sends nothing
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _execute(conn: Connection, *_args: Any) -> None:
+        batch = conn.info.get(_BATCH)
+        if batch is not None:
+            batch.run()
+
+
+class _Answer:
+    """What one queued statement (or a list of parameter sets of one statement) answers: read like a
+    cursor, once its batch has run (reading it earlier runs the batch)."""
+
+    __slots__ = ("_batch", "_count", "error", "rows")
+
+    def __init__(self, batch: _Batch) -> None:
+        self._batch = batch
+        self.rows: list[tuple[Any, ...]] = []
+        self._count = 0
+        self.error: Exception | None = None
+
+    def _ready(self) -> None:
+        self._batch.run()
+        if self.error is not None:
+            raise self.error
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        self._ready()
+        return self.rows
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        self._ready()
+        return self.rows[0] if self.rows else None
+
+    @property
+    def rowcount(self) -> int:
+        self._ready()
+        return self._count
+
+    def close(self) -> None:
+        pass
+
+
+class _Batch:
+    """The statements of one ``pipeline`` block on one psycopg connection, sent with libpq's pipeline."""
+
+    def __init__(self, conn: Connection, dbapi: Any) -> None:
+        self.conn = conn
+        self.dbapi = dbapi
+        self.closed = False
+        # (kind, SQL or command, statement name, parameters, answer); kinds: "execute", "command"
+        self._queue: list[tuple[str, bytes, bytes, list[Any], _Answer | None]] = []
+        self._sql: bytes = b""  # of the statement that failed first, for the error
+
+    def add(self, plan: _Plan, parameter_sets: list[Any]) -> _Answer:
+        if self.closed:
+            raise RuntimeError("the pipeline block has ended: send the statement outside it")
+        answer = _Answer(self)
+        for values in parameter_sets:
+            ordered = list(values.values()) if isinstance(values, dict) else list(values)
+            self._queue.append(("execute", plan.server_sql, b"", ordered, answer))
+        return answer
+
+    def commit(self) -> None:
+        if not self.dbapi.autocommit:
+            self._queue.append(("command", b"COMMIT", b"", [], None))
+        self.run()
+
+    def run(self) -> None:
+        """Send what is queued and read every answer; raises the first error as SQLAlchemy's."""
+        if not self._queue:
+            return
+        if self.closed:  # the block was left by an exception: its statements were never sent
+            raise RuntimeError("the statements of this pipeline block were not sent: it ended with an error")
+        queue, self._queue = self._queue, []
+        dbapi, conn = self.dbapi, self.conn
+        pgconn = dbapi.pgconn
+        from psycopg import Error
+
+        try:
+            first = self._exchange(pgconn, queue)
+        except Error as exc:  # the connection broke: SQLAlchemy invalidates it
+            conn._handle_dbapi_exception(exc, "(pipeline)", (), None, None)
+        if first is not None:
+            conn._handle_dbapi_exception(first, self._sql.decode(errors="replace"), (), None, None)
+
+    def _exchange(self, pgconn: Any, queue: list[tuple[str, bytes, bytes, list[Any], _Answer | None]]) -> Any:
+        from psycopg import errors, pq
+        from psycopg.adapt import PyFormat, Transformer
+
+        transformer = Transformer(self.dbapi)
+        # The parameters first: one that cannot be sent (a NUL in a text) fails before anything is.
+        text = PyFormat.TEXT
+        dumped = [
+            list(transformer.dump_sequence(values, [text] * len(values))) if kind == "execute" else []
+            for kind, _sql, _name, values, _answer in queue
+        ]
+        prepared: dict[bytes, bytes] = self.conn.info.setdefault(_STATEMENTS, {})
+        steps: list[tuple[str, bytes, _Answer | None]] = []  # what each answer read back belongs to
+        pgconn.enter_pipeline_mode()
+        if pgconn.transaction_status == _IDLE and not self.dbapi.autocommit:
+            pgconn.send_query_params(_begin(self.dbapi), None)
+            steps.append(("command", b"BEGIN", None))
+        preparing: dict[bytes, bytes] = {}
+        for (kind, sql, _name, _values, answer), params in zip(queue, dumped, strict=True):
+            if kind == "command":
+                pgconn.send_query_params(sql, None)
+                steps.append((kind, sql, None))
+                continue
+            name = prepared.get(sql) or preparing.get(sql)
+            if name is None:
+                name = preparing[sql] = f"_rc_{next(_NAMES)}".encode()
+                pgconn.send_prepare(name, sql, None)  # typed by the server, from the SQL's casts
+                steps.append(("prepare", sql, None))
+            pgconn.send_query_prepared(name, params)
+            steps.append(("execute", sql, answer))
+        pgconn.pipeline_sync()
+        while pgconn.flush():  # what did not fit the socket: send it as the server reads, reading too
+            readable, _w, _x = select.select([pgconn.socket], [pgconn.socket], [])
+            if readable:
+                pgconn.consume_input()
+        first: Exception | None = None
+        encoding = self.dbapi.info.encoding
+        results: list[Any] = []
+        index = 0
+        while True:
+            while pgconn.is_busy():
+                select.select([pgconn.socket], [], [])
+                pgconn.consume_input()
+            result = pgconn.get_result()
+            if result is not None and result.status == pq.ExecStatus.PIPELINE_SYNC:
+                break
+            if result is not None:
+                results.append(result)
+                continue
+            kind, sql, answer = steps[index]  # the answers of one step end with None
+            index += 1
+            for result in results:
+                status = result.status
+                if status == pq.ExecStatus.FATAL_ERROR:
+                    error = errors.error_from_result(result, encoding=encoding)
+                    if first is None:
+                        first, self._sql = error, sql
+                    if answer is not None:
+                        answer.error = error
+                elif status == pq.ExecStatus.PIPELINE_ABORTED:
+                    if answer is not None and answer.error is None:
+                        answer.error = errors.PipelineAborted("not run: a statement before it failed")
+                elif kind == "prepare":
+                    prepared[sql] = preparing[sql]
+                elif answer is not None and status == pq.ExecStatus.TUPLES_OK:
+                    transformer.set_pgresult(result, format=pq.Format.TEXT)
+                    answer.rows += transformer.load_rows(0, result.ntuples, tuple)
+                    answer._count += result.ntuples
+                elif answer is not None:
+                    answer._count += result.command_tuples or 0
+            results = []
+        pgconn.exit_pipeline_mode()
+        return first
+
+
+def _begin(dbapi: Any) -> bytes:
+    """The BEGIN psycopg would send for this connection's settings."""
+    parts = ["BEGIN"]
+    if dbapi.isolation_level is not None:
+        parts.append("ISOLATION LEVEL " + dbapi.isolation_level.name.replace("_", " "))
+    if dbapi.read_only is not None:
+        parts.append("READ ONLY" if dbapi.read_only else "READ WRITE")
+    if dbapi.deferrable is not None:
+        parts.append("DEFERRABLE" if dbapi.deferrable else "NOT DEFERRABLE")
+    return " ".join(parts).encode()
 
 
 def _compile(

@@ -207,3 +207,83 @@ def test_a_failure_in_a_pipeline_is_sqlalchemys_error_and_nothing_of_it_is_kept(
 def test_an_empty_in_list_cannot_be_sent(gw: Gateway) -> None:
     with gw.engine.connect() as conn, pytest.raises(ValueError, match="empty IN list"):
         _BY_CCRN.send(conn, {"ccrns": []})
+
+
+def _postgresql_only(gw: Gateway) -> None:
+    if gw.engine.dialect.name != "postgresql":
+        pytest.skip("the pipeline is PostgreSQL's")
+
+
+def test_a_statement_through_sqlalchemy_in_a_block_runs_after_what_was_sent_before_it(gw: Gateway) -> None:
+    _postgresql_only(gw)
+    at = datetime(2026, 11, 26, tzinfo=UTC)
+    with gw.engine.begin() as conn, pipeline(conn):
+        _ADD_EVENT.send(conn, _event("O1", at))
+        seen = conn.execute(select(_E.c.ccrn).where(_E.c.ccrn == "O1")).scalar()
+        _ADD_EVENT.send(conn, _event("O2", at))
+        conn.commit()
+    assert seen == "O1"
+    with gw.engine.connect() as conn:
+        assert [r.ccrn for r in _BY_CCRN.all(conn, {"ccrns": ["O1", "O2"]})] == ["O1", "O2"]
+
+
+def _ours_prepared(conn: object) -> list[str]:
+    query = text("SELECT statement FROM pg_prepared_statements WHERE name LIKE '\\_rc\\_%'")
+    return list(conn.execute(query).scalars())  # type: ignore[attr-defined]
+
+
+def test_a_statement_is_prepared_once_per_connection_and_again_after_its_preparation_failed(
+    gw: Gateway,
+) -> None:
+    _postgresql_only(gw)
+    at = datetime(2026, 11, 26, tzinfo=UTC)
+    now = datetime(2026, 11, 26, tzinfo=UTC)
+    row = {"party_id": "P0000031", "role": "driver", "name": "A", "status": "ACTIVE", "created_at": now}
+    with gw.engine.connect() as conn:
+        for i in range(3):  # three transactions on one connection
+            with pipeline(conn):
+                _ADD_EVENT.send(conn, _event(f"R{i}", at))
+                conn.commit()
+        assert len([s for s in _ours_prepared(conn) if "INSERT INTO events" in s]) == 1
+        # A failure before a statement's first use aborts its preparation too: it is prepared next time.
+        _ADD_PARTY.run(conn, row)
+        conn.commit()
+        with pytest.raises(IntegrityError), pipeline(conn):
+            _ADD_PARTY.send(conn, row)
+            _RENAME.send(conn, {"key": "P0000031", "name": "never"})
+        conn.rollback()
+        assert not [s for s in _ours_prepared(conn) if s.startswith("UPDATE parties")]
+        with pipeline(conn):
+            renamed = _RENAME.send(conn, {"key": "P0000031", "name": "Renamed"})
+            conn.commit()
+        assert renamed.rowcount() == 1
+        assert conn.scalar(select(_PARTIES.c.name).where(_PARTIES.c.party_id == "P0000031")) == "Renamed"
+
+
+def test_a_value_that_cannot_be_sent_fails_before_anything_of_the_block_is_sent(gw: Gateway) -> None:
+    _postgresql_only(gw)
+    at = datetime(2026, 11, 26, tzinfo=UTC)
+    with pytest.raises(DBAPIError, match="NUL"), gw.engine.begin() as conn, pipeline(conn):
+        _ADD_EVENT.send(conn, _event("N1", at))
+        _ADD_EVENT.send(conn, {**_event("N2", at), "data": "a\x00b"})
+    with gw.engine.connect() as conn:  # nothing kept, and the connections still work
+        assert _BY_CCRN.all(conn, {"ccrns": ["N1", "N2"]}) == []
+
+
+def test_a_connection_lost_in_a_pipeline_is_invalidated_and_the_next_one_works(gw: Gateway) -> None:
+    _postgresql_only(gw)
+    at = datetime(2026, 11, 26, tzinfo=UTC)
+    with gw.engine.connect() as conn:
+        pid = conn.scalar(text("SELECT pg_backend_pid()"))
+        conn.commit()
+        with gw.engine.connect() as other:
+            other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            other.commit()
+        with pytest.raises(DBAPIError) as caught, pipeline(conn):
+            _ADD_EVENT.send(conn, _event("X1", at))
+            conn.commit()
+        assert caught.value.connection_invalidated
+    with gw.engine.begin() as conn, pipeline(conn):
+        _ADD_EVENT.send(conn, _event("X2", at))
+    with gw.engine.connect() as conn:
+        assert [r.ccrn for r in _BY_CCRN.all(conn, {"ccrns": ["X1", "X2"]})] == ["X2"]
