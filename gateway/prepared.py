@@ -1,4 +1,4 @@
-"""The statements of the hot paths, run on the database driver's cursor.
+"""The statements of the hot paths, run on the database driver itself (SQLite's cursor, PostgreSQL's libpq).
 
 Every statement of the gateway is built with SQLAlchemy Core. For the fifteen or so that each bundle and
 each kiosk decision runs, SQLAlchemy's work per execution (an execution context, events, parameters built
@@ -19,14 +19,18 @@ On PostgreSQL each statement is a network round trip, and each round trip costs 
 than a hot statement's own work (a kiosk decision made fifteen of them). Statements that do not need
 each other's answers are sent together in a ``pipeline`` block: ``send`` queues a statement and returns
 its ``Pending`` answer, read once the block has ended; the block's end is one round trip for all of them,
-and a COMMIT inside the block goes with them. The block is libpq's pipeline, driven here through
-psycopg's low-level ``pq`` interface: every statement of the block is put in libpq's buffer, flushed
-once, and the answers read in one go. psycopg's own pipeline mode polls and sends once per statement,
-waking the server for each: 5x the client CPU and 1.5x the server's for a dozen statements
-(bench/pg_pipeline.py, bench/RESULTS.md), a sixth of a bundle's CPU. The statements are prepared on the
-server once per connection; their parameters are sent as text, through psycopg's own dumpers, and typed
-by the server from the casts SQLAlchemy writes into the SQL; the rows come back through psycopg's own
-loaders. Elsewhere (SQLite) a ``pipeline`` block changes nothing: each statement runs when it is sent.
+and a COMMIT inside the block goes with them. Elsewhere (SQLite) a ``pipeline`` block changes nothing:
+each statement runs when it is sent.
+
+On PostgreSQL the statements go through psycopg's low-level ``pq`` interface rather than its cursors:
+a block's statements are put in libpq's buffer, flushed once with a Sync, and their answers read in one
+go (libpq's pipeline); a statement outside a block is a batch of one, its BEGIN with it. psycopg's own
+pipeline mode polls and sends once per statement, waking the server for each: 5x the client CPU and
+1.5x the server's for a dozen statements (bench/pg_pipeline.py, bench/RESULTS.md). Each statement is
+prepared on the server at its first use on a connection (psycopg's own preparing is off, gateway.db: its
+ROLLBACK deallocates every prepared statement of the connection). Parameters go as text through psycopg's
+dumpers, typed by the server from the casts SQLAlchemy writes into the SQL; rows come back through
+psycopg's loaders; errors are psycopg's, wrapped by SQLAlchemy as ``Connection.execute`` wraps them.
 """
 
 from __future__ import annotations
@@ -380,6 +384,7 @@ _INERROR = 3  # libpq's PQTRANS_INERROR: in a failed transaction block
 _IDLE = 0  # PQTRANS_IDLE: no transaction open
 _BATCH = "roadcargo.pipeline"  # Connection.info: the block's batch while it is open
 _STATEMENTS = "roadcargo.statements"  # Connection.info: SQL -> name of the statements prepared on it
+_TRANSFORMER = "roadcargo.transformer"  # Connection.info: psycopg's adaptation context of the connection
 _NAMES = itertools.count(1)
 
 
@@ -481,14 +486,17 @@ class _Batch:
         from psycopg import errors, pq
         from psycopg.adapt import PyFormat, Transformer
 
-        transformer = Transformer(self.dbapi)
+        info = self.conn.info
+        transformer = info.get(_TRANSFORMER)
+        if transformer is None:  # one a connection: it keeps the dumpers and loaders it has looked up
+            transformer = info[_TRANSFORMER] = Transformer(self.dbapi)
         # The parameters first: one that cannot be sent (a NUL in a text) fails before anything is.
         text = PyFormat.TEXT
         dumped = [
             list(transformer.dump_sequence(values, [text] * len(values))) if kind == "execute" else []
             for kind, _sql, _name, values, _answer in queue
         ]
-        prepared: dict[bytes, bytes] = self.conn.info.setdefault(_STATEMENTS, {})
+        prepared: dict[bytes, bytes] = info.setdefault(_STATEMENTS, {})
         steps: list[tuple[str, bytes, _Answer | None]] = []  # what each answer read back belongs to
         pgconn.enter_pipeline_mode()
         if pgconn.transaction_status == _IDLE and not self.dbapi.autocommit:
