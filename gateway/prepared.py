@@ -521,7 +521,6 @@ class _Batch:
             if readable:
                 pgconn.consume_input()
         first: Exception | None = None
-        encoding = self.dbapi.info.encoding
         results: list[Any] = []
         index = 0
         while True:
@@ -539,7 +538,7 @@ class _Batch:
             for result in results:
                 status = result.status
                 if status == pq.ExecStatus.FATAL_ERROR:
-                    error = errors.error_from_result(result, encoding=encoding)
+                    error = errors.error_from_result(result, encoding=self.dbapi.info.encoding)
                     if first is None:
                         first, self._sql = error, sql
                     if answer is not None:
