@@ -386,6 +386,12 @@ _BATCH = "roadcargo.pipeline"  # Connection.info: the block's batch while it is 
 _STATEMENTS = "roadcargo.statements"  # Connection.info: SQL -> name of the statements prepared on it
 _TRANSFORMER = "roadcargo.transformer"  # Connection.info: psycopg's adaptation context of the connection
 _NAMES = itertools.count(1)
+# What a connection prepares, so that the server's memory for them stays bounded: a hot statement has
+# a few dozen parameters (three rows of events, an IN list of a bundle's CCRNs); one with more (a bulk
+# INSERT of hundreds of rows, an IN list of a thousand) is parsed for each use, as are statements past
+# the hundredth on a connection (psycopg's own default bound).
+PREPARED_PARAMETERS = 64
+PREPARED = 100
 
 
 def attach(engine: Engine) -> None:
@@ -509,11 +515,18 @@ class _Batch:
                 steps.append((kind, sql, None))
                 continue
             name = prepared.get(sql) or preparing.get(sql)
-            if name is None:
+            if (
+                name is None
+                and len(params) <= PREPARED_PARAMETERS
+                and len(prepared) + len(preparing) < PREPARED
+            ):
                 name = preparing[sql] = f"_rc_{next(_NAMES)}".encode()
                 pgconn.send_prepare(name, sql, None)  # typed by the server, from the SQL's casts
                 steps.append(("prepare", sql, None))
-            pgconn.send_query_prepared(name, params)
+            if name is None:  # parsed and planned for this use only
+                pgconn.send_query_params(sql, params)
+            else:
+                pgconn.send_query_prepared(name, params)
             steps.append(("execute", sql, answer))
         pgconn.pipeline_sync()
         while pgconn.flush():  # what did not fit the socket: send it as the server reads, reading too

@@ -287,3 +287,22 @@ def test_a_connection_lost_in_a_pipeline_is_invalidated_and_the_next_one_works(g
         _ADD_EVENT.send(conn, _event("X2", at))
     with gw.engine.connect() as conn:
         assert [r.ccrn for r in _BY_CCRN.all(conn, {"ccrns": ["X1", "X2"]})] == ["X2"]
+
+
+def test_what_a_connection_prepares_stays_bounded_and_the_rest_still_runs(gw: Gateway) -> None:
+    """IN lists of every length up to past the bound, and rows past it: all answered right, and the
+    server keeps at most PREPARED_PARAMETERS-sized statements, at most PREPARED of them."""
+    _postgresql_only(gw)
+    from gateway import prepared
+
+    at = datetime(2026, 11, 26, tzinfo=UTC)
+    with gw.engine.begin() as conn:
+        _ADD_EVENT.run(conn, [_event(f"B{i:03d}", at) for i in range(150)])
+    with gw.engine.connect() as conn:
+        for n in range(1, 150):
+            wanted = [f"B{i:03d}" for i in range(n)]
+            assert [r.ccrn for r in _BY_CCRN.all(conn, {"ccrns": wanted})] == wanted
+        statements = _ours_prepared(conn)
+    assert len(statements) <= prepared.PREPARED
+    assert all(s.count("$") <= prepared.PREPARED_PARAMETERS for s in statements)
+    assert sum("FROM events" in s for s in statements) == prepared.PREPARED_PARAMETERS
