@@ -483,8 +483,14 @@ class _Batch:
 
         try:
             first = self._exchange(pgconn, queue)
-        except Error as exc:  # the connection broke: SQLAlchemy invalidates it
-            conn._handle_dbapi_exception(exc, "(pipeline)", (), None, None)
+        except BaseException as exc:
+            if not dbapi.closed and pgconn.pipeline_status:
+                # Stopped half-way through the exchange (a broken connection, or anything else): what the
+                # connection still holds cannot be told, so it is not used again.
+                conn.invalidate(exc if isinstance(exc, Exception) else None)
+            if isinstance(exc, Error):  # SQLAlchemy's exception, as for any statement
+                conn._handle_dbapi_exception(exc, "(pipeline)", (), None, None)
+            raise
         if first is not None:
             conn._handle_dbapi_exception(first, self._sql.decode(errors="replace"), (), None, None)
 

@@ -306,3 +306,30 @@ def test_what_a_connection_prepares_stays_bounded_and_the_rest_still_runs(gw: Ga
     assert len(statements) <= prepared.PREPARED
     assert all(s.count("$") <= prepared.PREPARED_PARAMETERS for s in statements)
     assert sum("FROM events" in s for s in statements) == prepared.PREPARED_PARAMETERS
+
+
+def test_a_failure_half_way_through_the_answers_leaves_no_half_read_connection(gw: Gateway) -> None:
+    """Anything that stops the reading of a pipeline's answers (here a loader that fails) discards the
+    connection, whose state cannot be told; the next one works."""
+    _postgresql_only(gw)
+    from gateway import prepared
+
+    class FailingLoader:
+        def __init__(self, real: object) -> None:
+            self.real = real
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.real, name)
+
+        def load_rows(self, *_args: object) -> list[object]:
+            raise RuntimeError("a loader failed")
+
+    with gw.engine.connect() as conn:
+        assert _BY_CCRN.all(conn, {"ccrns": ["none"]}) == []  # the connection's adaptation context exists
+        conn.info[prepared._TRANSFORMER] = FailingLoader(conn.info[prepared._TRANSFORMER])
+        with pytest.raises(RuntimeError, match="a loader failed"):
+            _BY_CCRN.all(conn, {"ccrns": ["none"]})
+        assert conn.invalidated
+    for _ in range(3):
+        with gw.engine.connect() as conn:
+            assert _BY_CCRN.all(conn, {"ccrns": ["none"]}) == []
