@@ -16,8 +16,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from gateway import bundles, consignments, parties
-from gateway.context import Actor, Gateway, store_raw
+from gateway.context import Actor, Gateway, store_raw, store_raw_ahead
 from gateway.errors import GatewayError, Problem
+from gateway.prepared import flush_ahead
 
 router = APIRouter(prefix="/api/v1")
 
@@ -88,11 +89,14 @@ async def _run(
     changes: bool = False,
     json_body: bool = False,
     database_only: bool = False,
+    raw_id: bool = True,
 ) -> Any:
     """Authenticate, keep the raw body of a request that changes data (with its SHA-256, before it is
     read), parse JSON, then do the work: all in one worker thread, one hop per request. Work that only
     uses the database (``database_only``: no call to another service) runs in a few threads of its own,
-    see ``DATABASE_THREADS``; the rest in ``SERVICE_THREADS``."""
+    see ``DATABASE_THREADS``; the rest in ``SERVICE_THREADS``. Work that does not need the raw
+    message's id (``raw_id=False``) has it stored with its first round trip to the database
+    (``store_raw_ahead``)."""
     gw = _gateway(request)
     header = request.headers.get("authorization", "")
     content_type = request.headers.get("content-type")
@@ -100,9 +104,15 @@ async def _run(
 
     def job() -> Any:
         actor = parties.authenticate_bearer(gw, header, "http")
-        raw_id = store_raw(gw, actor, content_type, body) if changes else None
+        if changes and not raw_id:
+            store_raw_ahead(gw, actor, content_type, body)
+            try:
+                return work(_Call(gw, actor, _parse_json(body, content_type) if json_body else None, None))
+            finally:
+                flush_ahead(gw.engine)
+        stored = store_raw(gw, actor, content_type, body) if changes else None
         data = _parse_json(body, content_type) if json_body else None
-        return work(_Call(gw, actor, data, raw_id))
+        return work(_Call(gw, actor, data, stored))
 
     pool = _database_threads(gw) if database_only else _service_threads()
     # The job runs with this request's context (its request id goes into the raw and audit rows).
@@ -353,7 +363,7 @@ async def create_bundle(request: Request) -> JSONResponse:
         )
 
     # The same request sent again (its answer lost) is answered 200 with the bundle it made.
-    view, created = await _db(request, work, changes=True, json_body=True)
+    view, created = await _db(request, work, changes=True, json_body=True, raw_id=False)
     return JSONResponse(view, status_code=201 if created else 200)
 
 

@@ -212,7 +212,7 @@ async def list_offences(
 @direct
 async def kiosk_clearance(request: Request) -> JSONResponse:
     decision = await _run(
-        request, lambda c: clearance.decide(c.gw, c.actor, c.data), changes=True, json_body=True
+        request, lambda c: clearance.decide(c.gw, c.actor, c.data), changes=True, json_body=True, raw_id=False
     )
     metrics.observe_decision(decision.get("decision"))  # roadcargo_kiosk_decisions_total
     return JSONResponse(decision)

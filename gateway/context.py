@@ -15,7 +15,7 @@ from typing import Any, BinaryIO
 from sqlalchemy import Connection, Engine, func, insert, literal, select, text
 from sqlalchemy.exc import IntegrityError
 
-from gateway import logs, tables
+from gateway import logs, prepared, tables
 from gateway.clock import HONG_KONG, Clock
 from gateway.config import Config
 from gateway.immigration import ImmigrationPort
@@ -121,6 +121,29 @@ class StoredRaw:
 def store_raw(gw: Gateway, actor: Actor, content_type: str | None, body: bytes | BinaryIO) -> int:
     """Keep the raw inbound message with its SHA-256, committed before it is processed."""
     return store_raw_stream(gw, actor, content_type, body).message_id
+
+
+def store_raw_ahead(gw: Gateway, actor: Actor, content_type: str | None, body: bytes) -> None:
+    """``store_raw`` for work that does not need the message's id: on PostgreSQL a small body's INSERT
+    goes, committed in a transaction of its own, at the start of the work's first round trip to the
+    database (``prepared.send_ahead``), ahead of the statements that process it, instead of in a round
+    trip of its own (one of the four of a bundle or a kiosk decision). The caller must call
+    ``prepared.flush_ahead`` once the work is done, for work that never reached the database (a request
+    refused on its face is kept too). Elsewhere, and for a big body, it is ``store_raw``."""
+    if gw.engine.dialect.name != "postgresql" or len(body) > RAW_CHUNK:
+        store_raw(gw, actor, content_type, body)
+        return
+    row = {
+        "received_at": gw.now(),
+        "party_id": actor.party_id,
+        "channel": actor.channel,
+        "content_type": (content_type or "")[:100] or None,
+        "request_id": logs.request_id(),
+        "sha256": hashlib.sha256(body).hexdigest(),
+        "size": len(body),
+        "body": bytes(body),
+    }
+    prepared.send_ahead(gw.engine, _RAW, row)
 
 
 def store_raw_stream(

@@ -38,6 +38,7 @@ from __future__ import annotations
 import itertools
 import re
 import select
+import threading
 from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -409,6 +410,8 @@ def attach(engine: Engine) -> None:
         batch = conn.info.get(_BATCH)
         if batch is not None:
             batch.run()
+        elif getattr(_ahead, "pending", None) is not None:
+            _Batch(conn, conn.connection.driver_connection).run()  # the statement sent ahead goes first
 
 
 class _Answer:
@@ -472,11 +475,16 @@ class _Batch:
 
     def run(self) -> None:
         """Send what is queued and read every answer; raises the first error as SQLAlchemy's."""
-        if not self._queue:
+        lead = (
+            _claim_ahead(self.conn.engine, self.dbapi)
+            if self.dbapi.pgconn.transaction_status == _IDLE
+            else []
+        )
+        if not self._queue and not lead:
             return
-        if self.closed:  # the block was left by an exception: its statements were never sent
+        if self.closed and self._queue:  # left by an exception: its statements were never sent
             raise RuntimeError("the statements of this pipeline block were not sent: it ended with an error")
-        queue, self._queue = self._queue, []
+        queue, self._queue = [*lead, ("begin", b"", b"", [], None), *self._queue], []
         dbapi, conn = self.dbapi, self.conn
         pgconn = dbapi.pgconn
         from psycopg import Error
@@ -510,12 +518,15 @@ class _Batch:
         ]
         prepared: dict[bytes, bytes] = info.setdefault(_STATEMENTS, {})
         steps: list[tuple[str, bytes, _Answer | None]] = []  # what each answer read back belongs to
+        idle = pgconn.transaction_status == _IDLE and not self.dbapi.autocommit
         pgconn.enter_pipeline_mode()
-        if pgconn.transaction_status == _IDLE and not self.dbapi.autocommit:
-            pgconn.send_query_params(_begin(self.dbapi), None)
-            steps.append(("command", b"BEGIN", None))
         preparing: dict[bytes, bytes] = {}
         for (kind, sql, _name, _values, answer), params in zip(queue, dumped, strict=True):
+            if kind == "begin":  # where the queue's own statements start: their transaction, if none is open
+                if idle:
+                    pgconn.send_query_params(_begin(self.dbapi), None)
+                    steps.append(("command", b"BEGIN", None))
+                continue
             if kind == "command":
                 pgconn.send_query_params(sql, None)
                 steps.append((kind, sql, None))
@@ -576,6 +587,47 @@ class _Batch:
             results = []
         pgconn.exit_pipeline_mode()
         return first
+
+
+# -- a statement sent ahead of a request's own work ---------------------------------------------------
+
+_ahead = threading.local()
+
+
+def send_ahead(engine: Engine, statement: Prepared, params: Mapping[str, Any]) -> None:
+    """Have ``statement`` (an INSERT) committed, in a transaction of its own, at the start of this thread's
+    next round trip to PostgreSQL on ``engine``, before anything else that round trip holds; ``flush_ahead``
+    sends it alone if no round trip has taken it. A request's raw message goes this way: stored and
+    committed before its processing runs, without a round trip of its own."""
+    plan = statement._plan(engine.dialect, params)
+    _ahead.pending = (engine, plan, plan.values(params))
+
+
+def flush_ahead(engine: Engine) -> None:
+    """Send the statement ``send_ahead`` queued on this thread, if it is still waiting."""
+    pending = getattr(_ahead, "pending", None)
+    if pending is None or pending[0] is not engine:
+        return
+    try:
+        with engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            _Batch(conn, conn.connection.driver_connection).run()  # takes it and nothing else
+    finally:
+        _ahead.pending = None  # sent, or failed with the request: never left for the thread's next one
+
+
+def _claim_ahead(engine: Engine, dbapi: Any) -> list[tuple[str, bytes, bytes, list[Any], _Answer | None]]:
+    pending = getattr(_ahead, "pending", None)
+    if pending is None or pending[0] is not engine:
+        return []
+    _ahead.pending = None
+    _engine, plan, values = pending
+    ordered = list(values.values()) if isinstance(values, dict) else list(values)
+    return [
+        ("command", b"BEGIN", b"", [], None),
+        ("execute", plan.server_sql, b"", ordered, None),
+        ("command", b"COMMIT", b"", [], None),
+    ]
 
 
 def _begin(dbapi: Any) -> bytes:

@@ -126,3 +126,50 @@ def test_bad_bundle_requests(client, party, body, status, expected):
     r = client.post("/api/v1/bundles", json=body, headers=bearer(driver_key))
     assert r.status_code == status
     assert [(e["code"], e["field"]) for e in r.json()["errors"]] == expected
+
+
+def raw_messages(gw, party_id):
+    import hashlib
+
+    from sqlalchemy import select
+
+    from gateway import tables
+
+    t = tables.raw_messages
+    with gw.engine.connect() as conn:
+        rows = conn.execute(select(t.c.sha256, t.c.body, t.c.size).where(t.c.party_id == party_id)).all()
+    for row in rows:
+        assert hashlib.sha256(bytes(row.body)).hexdigest() == row.sha256 and len(row.body) == row.size
+    return [bytes(r.body) for r in rows]
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["bundled", "refused on its face", "refused by the store", "not JSON"],
+)
+def test_every_bundle_request_is_kept_raw_once_whatever_its_answer(client, gw, party, how):
+    """On PostgreSQL a bundle's raw message goes with its first round trip to the database, committed
+    before the bundling runs (context.store_raw_ahead); a request that never reaches the database is kept
+    too. Each exactly once, with its SHA-256."""
+    _f, filer_key = party.add(name="Forwarder")
+    driver, driver_key = party.add(role="driver", name="Driver")
+    ccrns = lodge(client, filer_key, 2)
+    body = {"vehicle": "AB1234", "control_point": "LMC", "ccrns": ccrns[:1]}
+    expected = {"bundled": 201, "refused on its face": 422, "refused by the store": 409, "not JSON": 400}
+    if how == "refused on its face":
+        body["vehicle"] = "NOT A PLATE!"
+    elif how == "refused by the store":  # the vehicle is in another driver's live bundle already
+        _other, other_key = party.add(role="driver", name="Relief")
+        first = {"vehicle": "AB1234", "control_point": "LMC", "ccrns": ccrns[1:]}
+        assert client.post("/api/v1/bundles", json=first, headers=bearer(other_key)).status_code == 201
+    sent = b"{not json" if how == "not JSON" else __import__("json").dumps(body).encode()
+    r = client.post(
+        "/api/v1/bundles",
+        content=sent,
+        headers={**bearer(driver_key), "Content-Type": "application/json"},
+    )
+    assert r.status_code == expected[how], r.text
+    assert raw_messages(gw, driver.party_id) == [sent]
+    # The next request of the same thread carries nothing of this one.
+    r = client.get("/api/v1/bundles/B0000000000", headers=bearer(driver_key))
+    assert raw_messages(gw, driver.party_id) == [sent]
