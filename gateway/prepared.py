@@ -484,7 +484,8 @@ class _Batch:
             return
         if self.closed and self._queue:  # left by an exception: its statements were never sent
             raise RuntimeError("the statements of this pipeline block were not sent: it ended with an error")
-        queue, self._queue = [*lead, ("begin", b"", b"", [], None), *self._queue], []
+        own = [("begin", b"", b"", [], None), *self._queue] if self._queue else []
+        queue, self._queue = [*lead, *own], []
         dbapi, conn = self.dbapi, self.conn
         pgconn = dbapi.pgconn
         from psycopg import Error

@@ -333,3 +333,27 @@ def test_a_failure_half_way_through_the_answers_leaves_no_half_read_connection(g
     for _ in range(3):
         with gw.engine.connect() as conn:
             assert _BY_CCRN.all(conn, {"ccrns": ["none"]}) == []
+
+
+def test_a_statement_sent_ahead_goes_first_committed_on_its_own_and_only_once(gw: Gateway) -> None:
+    """``send_ahead``: the next round trip of the thread (here through SQLAlchemy) sends it first and
+    commits it, whatever happens to that round trip's transaction; ``flush_ahead`` then has nothing."""
+    _postgresql_only(gw)
+    from gateway import prepared
+
+    at = datetime(2026, 11, 26, tzinfo=UTC)
+    now = datetime(2026, 11, 26, tzinfo=UTC)
+    row = {"party_id": "P0000041", "role": "driver", "name": "A", "status": "ACTIVE", "created_at": now}
+    with gw.engine.begin() as conn:
+        _ADD_PARTY.run(conn, row)
+    prepared.send_ahead(gw.engine, _ADD_EVENT, _event("A1", at))
+    with pytest.raises(IntegrityError), gw.engine.begin() as conn:
+        seen = conn.execute(select(_E.c.ccrn).where(_E.c.ccrn == "A1")).scalar()
+        _ADD_PARTY.run(conn, row)  # fails: this transaction rolls back, the statement sent ahead stays
+    assert seen == "A1"
+    prepared.flush_ahead(gw.engine)
+    prepared.send_ahead(gw.engine, _ADD_EVENT, _event("A2", at))
+    prepared.flush_ahead(gw.engine)  # nothing took it: sent alone
+    prepared.flush_ahead(gw.engine)
+    with gw.engine.connect() as conn:
+        assert [r.ccrn for r in _BY_CCRN.all(conn, {"ccrns": ["A1", "A2"]})] == ["A1", "A2"]
