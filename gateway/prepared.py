@@ -249,11 +249,12 @@ class Prepared:
         if not conn.in_transaction():
             conn.begin()  # as Connection.execute would begin it (and our SQLite BEGIN with it)
         if plan.server_sql:  # PostgreSQL: through libpq, in the block's batch or in one of its own
+            sets = values if many else [values]
             batch = conn.info.get(_BATCH)
             if batch is not None:
-                return batch.add(plan, values if many else [values])
+                return batch.add(plan, sets)
             alone = _Batch(conn, conn.connection.driver_connection)
-            answer = alone.add(plan, values if many else [values])
+            answer = alone.add(plan, sets)
             alone.run()
             return answer
         dbapi = conn.connection.driver_connection
@@ -387,6 +388,10 @@ _BATCH = "roadcargo.pipeline"  # Connection.info: the block's batch while it is 
 _STATEMENTS = "roadcargo.statements"  # Connection.info: SQL -> name of the statements prepared on it
 _TRANSFORMER = "roadcargo.transformer"  # Connection.info: psycopg's adaptation context of the connection
 _NAMES = itertools.count(1)
+# One step of a batch: (kind, SQL or command, parameters in $n order, answer). Kinds: "execute" (a
+# statement), "command" (BEGIN, COMMIT), "begin" (where the batch's own statements start: a BEGIN if no
+# transaction is open).
+_Step = tuple[str, bytes, list[Any], "_Answer | None"]
 # What a connection prepares, so that the server's memory for them stays bounded: a hot statement has
 # a few dozen parameters (three rows of events, an IN list of a bundle's CCRNs); one with more (a bulk
 # INSERT of hundreds of rows, an IN list of a thousand) is parsed for each use, as are statements past
@@ -427,7 +432,8 @@ class _Answer:
         self.error: Exception | None = None
 
     def _ready(self) -> None:
-        self._batch.run()
+        if self._batch.holding():
+            self._batch.run()
         if self.error is not None:
             raise self.error
 
@@ -455,43 +461,37 @@ class _Batch:
         self.conn = conn
         self.dbapi = dbapi
         self.closed = False
-        # (kind, SQL or command, statement name, parameters, answer); kinds: "execute", "command"
-        self._queue: list[tuple[str, bytes, bytes, list[Any], _Answer | None]] = []
-        self._sql: bytes = b""  # of the statement that failed first, for the error
+        self._queue: list[_Step] = []
 
     def add(self, plan: _Plan, parameter_sets: list[Any]) -> _Answer:
-        if self.closed:
-            raise RuntimeError("the pipeline block has ended: send the statement outside it")
         answer = _Answer(self)
-        for values in parameter_sets:
-            ordered = list(values.values()) if isinstance(values, dict) else list(values)
-            self._queue.append(("execute", plan.server_sql, b"", ordered, answer))
+        self._queue += [("execute", plan.server_sql, _ordered(values), answer) for values in parameter_sets]
         return answer
+
+    def holding(self) -> bool:
+        """Whether statements wait to be sent."""
+        return bool(self._queue)
 
     def commit(self) -> None:
         if not self.dbapi.autocommit:
-            self._queue.append(("command", b"COMMIT", b"", [], None))
+            self._queue.append(("command", b"COMMIT", [], None))
         self.run()
 
     def run(self) -> None:
         """Send what is queued and read every answer; raises the first error as SQLAlchemy's."""
-        lead = (
-            _claim_ahead(self.conn.engine, self.dbapi)
-            if self.dbapi.pgconn.transaction_status == _IDLE
-            else []
-        )
+        lead = _claim_ahead(self.conn.engine) if self.dbapi.pgconn.transaction_status == _IDLE else []
         if not self._queue and not lead:
             return
         if self.closed and self._queue:  # left by an exception: its statements were never sent
             raise RuntimeError("the statements of this pipeline block were not sent: it ended with an error")
-        own = [("begin", b"", b"", [], None), *self._queue] if self._queue else []
+        own: list[_Step] = [("begin", b"", [], None), *self._queue] if self._queue else []
         queue, self._queue = [*lead, *own], []
         dbapi, conn = self.dbapi, self.conn
         pgconn = dbapi.pgconn
         from psycopg import Error
 
         try:
-            first = self._exchange(pgconn, queue)
+            first, failed_sql = self._exchange(pgconn, queue)
         except BaseException as exc:
             if not dbapi.closed and pgconn.pipeline_status:
                 # Stopped half-way through the exchange (a broken connection, or anything else): what the
@@ -501,9 +501,10 @@ class _Batch:
                 conn._handle_dbapi_exception(exc, "(pipeline)", (), None, None)
             raise
         if first is not None:
-            conn._handle_dbapi_exception(first, self._sql.decode(errors="replace"), (), None, None)
+            conn._handle_dbapi_exception(first, failed_sql.decode(errors="replace"), (), None, None)
 
-    def _exchange(self, pgconn: Any, queue: list[tuple[str, bytes, bytes, list[Any], _Answer | None]]) -> Any:
+    def _exchange(self, pgconn: Any, queue: list[_Step]) -> tuple[Exception | None, bytes]:
+        """Send the steps, read their answers: the first error, if any, with its statement's SQL."""
         from psycopg import errors, pq
         from psycopg.adapt import PyFormat, Transformer
 
@@ -515,14 +516,14 @@ class _Batch:
         text = PyFormat.TEXT
         dumped = [
             list(transformer.dump_sequence(values, [text] * len(values))) if kind == "execute" else []
-            for kind, _sql, _name, values, _answer in queue
+            for kind, _sql, values, _answer in queue
         ]
         prepared: dict[bytes, bytes] = info.setdefault(_STATEMENTS, {})
         steps: list[tuple[str, bytes, _Answer | None]] = []  # what each answer read back belongs to
         idle = pgconn.transaction_status == _IDLE and not self.dbapi.autocommit
         pgconn.enter_pipeline_mode()
         preparing: dict[bytes, bytes] = {}
-        for (kind, sql, _name, _values, answer), params in zip(queue, dumped, strict=True):
+        for (kind, sql, _values, answer), params in zip(queue, dumped, strict=True):
             if kind == "begin":  # where the queue's own statements start: their transaction, if none is open
                 if idle:
                     pgconn.send_query_params(_begin(self.dbapi), None)
@@ -552,6 +553,7 @@ class _Batch:
             if readable:
                 pgconn.consume_input()
         first: Exception | None = None
+        failed_sql = b""
         results: list[Any] = []
         index = 0
         while True:
@@ -571,7 +573,7 @@ class _Batch:
                 if status == pq.ExecStatus.FATAL_ERROR:
                     error = errors.error_from_result(result, encoding=self.dbapi.info.encoding)
                     if first is None:
-                        first, self._sql = error, sql
+                        first, failed_sql = error, sql
                     if answer is not None:
                         answer.error = error
                 elif status == pq.ExecStatus.PIPELINE_ABORTED:
@@ -587,7 +589,7 @@ class _Batch:
                     answer._count += result.command_tuples or 0
             results = []
         pgconn.exit_pipeline_mode()
-        return first
+        return first, failed_sql
 
 
 # -- a statement sent ahead of a request's own work ---------------------------------------------------
@@ -601,7 +603,7 @@ def send_ahead(engine: Engine, statement: Prepared, params: Mapping[str, Any]) -
     sends it alone if no round trip has taken it. A request's raw message goes this way: stored and
     committed before its processing runs, without a round trip of its own."""
     plan = statement._plan(engine.dialect, params)
-    _ahead.pending = (engine, plan, plan.values(params))
+    _ahead.pending = (engine, plan.server_sql, _ordered(plan.values(params)))
 
 
 def flush_ahead(engine: Engine) -> None:
@@ -617,18 +619,18 @@ def flush_ahead(engine: Engine) -> None:
         _ahead.pending = None  # sent, or failed with the request: never left for the thread's next one
 
 
-def _claim_ahead(engine: Engine, dbapi: Any) -> list[tuple[str, bytes, bytes, list[Any], _Answer | None]]:
+def _claim_ahead(engine: Engine) -> list[_Step]:
     pending = getattr(_ahead, "pending", None)
     if pending is None or pending[0] is not engine:
         return []
     _ahead.pending = None
-    _engine, plan, values = pending
-    ordered = list(values.values()) if isinstance(values, dict) else list(values)
-    return [
-        ("command", b"BEGIN", b"", [], None),
-        ("execute", plan.server_sql, b"", ordered, None),
-        ("command", b"COMMIT", b"", [], None),
-    ]
+    _engine, sql, values = pending
+    return [("command", b"BEGIN", [], None), ("execute", sql, values, None), ("command", b"COMMIT", [], None)]
+
+
+def _ordered(values: Any) -> list[Any]:
+    """A plan's ``values`` (a dict for pyformat plans) as the list of $1, $2 ..."""
+    return list(values.values()) if isinstance(values, dict) else list(values)
 
 
 def _begin(dbapi: Any) -> bytes:
