@@ -104,15 +104,16 @@ async def _run(
 
     def job() -> Any:
         actor = parties.authenticate_bearer(gw, header, "http")
-        if changes and not raw_id:
+        ahead = changes and not raw_id
+        if ahead:
             store_raw_ahead(gw, actor, content_type, body)
-            try:
-                return work(_Call(gw, actor, _parse_json(body, content_type) if json_body else None, None))
-            finally:
+        try:
+            stored = store_raw(gw, actor, content_type, body) if changes and not ahead else None
+            data = _parse_json(body, content_type) if json_body else None
+            return work(_Call(gw, actor, data, stored))
+        finally:
+            if ahead:  # work that never reached the database: the raw message goes now
                 flush_ahead(gw.engine)
-        stored = store_raw(gw, actor, content_type, body) if changes else None
-        data = _parse_json(body, content_type) if json_body else None
-        return work(_Call(gw, actor, data, stored))
 
     pool = _database_threads(gw) if database_only else _service_threads()
     # The job runs with this request's context (its request id goes into the raw and audit rows).

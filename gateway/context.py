@@ -130,20 +130,28 @@ def store_raw_ahead(gw: Gateway, actor: Actor, content_type: str | None, body: b
     trip of its own (one of the four of a bundle or a kiosk decision). The caller must call
     ``prepared.flush_ahead`` once the work is done, for work that never reached the database (a request
     refused on its face is kept too). Elsewhere, and for a big body, it is ``store_raw``."""
-    if gw.engine.dialect.name != "postgresql" or len(body) > RAW_CHUNK:
+    small = _small_body(body)
+    if gw.engine.dialect.name != "postgresql" or small is None:
         store_raw(gw, actor, content_type, body)
         return
-    row = {
+    prepared.send_ahead(gw.engine, _RAW, _small_row(gw, actor, content_type, small))
+
+
+def _raw_values(gw: Gateway, actor: Actor, content_type: str | None) -> dict[str, Any]:
+    """A raw message's row but for its body, size and SHA-256."""
+    return {
         "received_at": gw.now(),
         "party_id": actor.party_id,
         "channel": actor.channel,
         "content_type": (content_type or "")[:100] or None,
         "request_id": logs.request_id(),
-        "sha256": hashlib.sha256(body).hexdigest(),
-        "size": len(body),
-        "body": bytes(body),
     }
-    prepared.send_ahead(gw.engine, _RAW, row)
+
+
+def _small_row(gw: Gateway, actor: Actor, content_type: str | None, small: bytes) -> dict[str, Any]:
+    """The whole row of a body of one chunk or less, stored with one plain INSERT."""
+    sha256 = hashlib.sha256(small).hexdigest()
+    return {**_raw_values(gw, actor, content_type), "sha256": sha256, "size": len(small), "body": small}
 
 
 def store_raw_stream(
@@ -154,13 +162,6 @@ def store_raw_stream(
     costs one chunk of memory and never a copy of the whole body. SQLite writes into a blob of the
     final size through incremental blob I/O; PostgreSQL receives it by COPY. The file is left at
     its end."""
-    values: dict[str, Any] = {
-        "received_at": gw.now(),
-        "party_id": actor.party_id,
-        "channel": actor.channel,
-        "content_type": (content_type or "")[:100] or None,
-        "request_id": logs.request_id(),
-    }
     chunks = _raw_chunks(body)
     digest = hashlib.sha256()
     dialect = gw.engine.dialect.name
@@ -173,12 +174,12 @@ def store_raw_stream(
     if small is not None and dialect == "postgresql":
         # One INSERT is a transaction of its own: in autocommit it is committed when it returns, with
         # no BEGIN and COMMIT round trips around it (two of the few a request makes).
-        digest.update(small)
-        row = {**values, "sha256": digest.hexdigest(), "size": len(small), "body": small}
+        row = _small_row(gw, actor, content_type, small)
         with gw.engine.connect() as conn:
             conn.execution_options(isolation_level="AUTOCOMMIT")
             message_id = _RAW.insert(conn, row)
         return StoredRaw(message_id, row["sha256"], len(small))
+    values = _raw_values(gw, actor, content_type)
     with gw.engine.begin() as conn:
         if streamed and dialect == "sqlite":
             # Hashed first (a pass over the file or the bytes, no copy): the row is written once with
