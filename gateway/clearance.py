@@ -112,11 +112,13 @@ _MEMBERS_LOCKED = Prepared(
 # reconnects, and none for a truck that comes back another day.
 RESEND_WINDOW = timedelta(minutes=2)
 # The vehicle's last clearance, with the status of the bundle it decided on.
+_ASKED_AND_ANSWERED = (
+    "clearance_id at control_point lane driver_document requested_by decision reasons ccrns detail"
+)
 _LAST_CLEARANCE = Prepared(
     select(
-        *(_K.c[name] for name in ("clearance_id", "at", "control_point", "lane", "driver_document")),
-        *(_K.c[name] for name in ("requested_by", "empty", "decision", "reasons", "ccrns", "detail")),
-        _B.c.status.label("bundle_status"),
+        *(_K.c[name] for name in _ASKED_AND_ANSWERED.split()),
+        _B.c.status.label("bundle_status"),  # None for an empty vehicle's clearance: no bundle
     )
     .select_from(_K.outerjoin(_B, _B.c.bundle_id == _K.c.bundle_id))
     .where(_K.c.vehicle == bindparam("vehicle"))
@@ -444,8 +446,7 @@ def _released_just_now(
     if (
         last is None
         or last.decision != "RELEASE"
-        or last.empty
-        or last.bundle_status != "CROSSED"  # an officer's hold since, say, is not replayed
+        or last.bundle_status != "CROSSED"  # an empty vehicle's, or a hold since, is not sent again
         or (last.requested_by, last.control_point, last.lane, last.driver_document)
         != (actor.party_id, req.control_point, req.lane, req.driver_document)
         or last.at < gw.now() - RESEND_WINDOW
