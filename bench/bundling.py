@@ -34,7 +34,6 @@ import random
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import datetime, timedelta
 from datetime import time as time_of_day
 from pathlib import Path
@@ -51,8 +50,6 @@ from bench.harness import (  # noqa: E402
     children,
     connect_all,
     database_cpu,
-    drive,
-    drive_paced,
     free_port,
     health,
     load,
@@ -62,9 +59,9 @@ from bench.harness import (  # noqa: E402
     start_gateways,
     stop,
     storages,
+    timed,
     vehicle_number,
     wait_until_up,
-    warm_up,
 )
 from gateway import consignments, db, parties  # noqa: E402
 from gateway.clock import HONG_KONG, Clock  # noqa: E402
@@ -148,13 +145,7 @@ async def _run(
             if status != 201:
                 errors.append(f"{status} {body[:200]!r}")
 
-        await warm_up(clients, [r[:warmup] for r in requests], check)
-        work = [r[warmup:] for r in requests]
-        meter.start()
-        started = time.process_time()
-        run = await (drive(clients, work, check) if rate is None else drive_paced(clients, work, check, rate))
-        client_cpu = time.process_time() - started
-        spent = meter.stop()
+        run, client_cpu, spent = await timed(clients, requests, warmup, check, rate, meter)
     finally:
         for c in clients:
             await c.close()

@@ -197,16 +197,30 @@ async def drive_paced(
     return Run([x for xs in lats for x in xs], time.perf_counter() - started)
 
 
-async def warm_up(
-    clients: list[RawClient], work: list[list[bytes]], check: Callable[[int, bytes], None]
-) -> None:
-    """Requests sent before the clock starts, one after another per client: the timed run then sees the
-    gateway as it runs all day, its database connections open and its statements prepared (psycopg
-    prepares a statement on a connection at its fifth use; before, each one is planned anew). Without
-    it, the first second of an open-loop run on PostgreSQL answered in 400-600 ms and the queue it left
-    took ten seconds to drain (bench/RESULTS.md)."""
-    if any(work):
-        await drive(clients, work, check)
+async def timed(
+    clients: list[RawClient],
+    requests: list[list[bytes]],
+    warmup: int,
+    check: Callable[[int, bytes], None],
+    rate: float | None,
+    meter: Meter,
+    warmed: Callable[[], None] = lambda: None,
+) -> tuple[Run, float, dict[str, float | None]]:
+    """Each client's first ``warmup`` requests sent before the clock starts, one after another (then
+    ``warmed`` is called), and the rest timed, closed loop or at ``rate``: the run, the load generator's
+    CPU seconds, and what ``meter`` read. Warmed up, the timed run sees the gateway as it runs all day,
+    its database connections open and its statements prepared on them; without it, the first second of
+    an open-loop run on PostgreSQL answered in 400-600 ms and the queue it left took ten seconds to
+    drain (bench/RESULTS.md)."""
+    if warmup:
+        await drive(clients, [r[:warmup] for r in requests], check)
+    warmed()
+    work = [r[warmup:] for r in requests]
+    meter.start()
+    started = time.process_time()
+    run = await (drive(clients, work, check) if rate is None else drive_paced(clients, work, check, rate))
+    client_cpu = time.process_time() - started
+    return run, client_cpu, meter.stop()
 
 
 async def health(clients: list[RawClient], per_client: int) -> Run:

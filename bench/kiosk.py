@@ -52,8 +52,6 @@ from bench.harness import (  # noqa: E402
     children,
     connect_all,
     database_cpu,
-    drive,
-    drive_paced,
     free_port,
     health,
     load,
@@ -63,9 +61,9 @@ from bench.harness import (  # noqa: E402
     start_gateways,
     stop,
     storages,
+    timed,
     vehicle_number,
     wait_until_up,
-    warm_up,
 )
 from gateway import bundles, consignments, db, parties  # noqa: E402
 from gateway.clock import HONG_KONG, Clock  # noqa: E402
@@ -164,15 +162,8 @@ async def _run(
                 answer = json.loads(body)
                 mix[f"{answer['decision']} {','.join(answer['reasons'])}".strip()] += 1
 
-        await warm_up(clients, [r[:warmup] for r in requests], check)
-        errors.clear()
-        mix.clear()
-        work = [r[warmup:] for r in requests]
-        meter.start()
-        started = time.process_time()
-        run = await (drive(clients, work, check) if rate is None else drive_paced(clients, work, check, rate))
-        client_cpu = time.process_time() - started
-        spent = meter.stop()
+        # The mix is the timed run's; an error of the warm-up is reported with the run's.
+        run, client_cpu, spent = await timed(clients, requests, warmup, check, rate, meter, mix.clear)
     finally:
         for c in clients:
             await c.close()
