@@ -16,6 +16,7 @@ outbox retries them.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
@@ -25,7 +26,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -102,14 +103,27 @@ class ImmigrationClient:
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         transport: Transport
-        if urlsplit(self.url).scheme == "http" and not session.proxies:
+        direct = urlsplit(self.url).scheme == "http" and not session.proxies
+        if direct:
             transport = _keep_alive_transport(session, self.timeout, self._pool_size)
         else:
             transport = Transport(session=session, timeout=self.timeout, operation_timeout=self.timeout)
         # The XSD is imported from the service itself, so external references stay allowed.
         settings = zeep.Settings(strict=True, forbid_dtd=True, forbid_entities=True)
         client = zeep.Client(f"{self.url}?wsdl", transport=transport, settings=settings)
-        return _Operations(client.create_service(BINDING, self.url))
+        operations = _Operations(client.create_service(BINDING, self.url))
+        if direct:
+            # The kiosk's question from the event loop too: the same WSDL, zeep's asynchronous client.
+            from zeep.proxy import AsyncServiceProxy
+
+            asynchronous = zeep.AsyncClient(
+                client.wsdl, transport=_AsyncTransport(self.timeout, self._pool_size), settings=settings
+            )
+            binding = client.wsdl.bindings[BINDING]
+            operations.clear_driver_async = AsyncServiceProxy(
+                asynchronous, binding, address=self.url
+            ).ClearDriver
+        return operations
 
     def warm(self) -> bool:
         """Load the WSDL ahead of the first kiosk request; False (and a retry later) when it fails."""
@@ -126,21 +140,28 @@ class ImmigrationClient:
         deadline = time.monotonic() + self.timeout
         try:
             operations = self._load(deadline)
-            reply = operations.clear_driver(
-                TravelDocument=query.travel_document.strip(),
-                Vehicle=query.vehicle,
-                DriverParty=query.driver,
-                ControlPoint=query.control_point,
-                Lane=query.lane,
-            )
+            reply = operations.clear_driver(**_question(query))
         except Exception as exc:  # fail closed on every fault: the kiosk sends the truck to a manual lane
             log.warning("Immigration gave no answer (%s: %s)", type(exc).__name__, exc)
             return None
-        answer = reply if isinstance(reply, str) else getattr(reply, "Answer", None)
-        if answer not in ANSWERS:
-            log.warning("Immigration answered something unreadable: %r", reply)
+        return _answer(reply)
+
+    def asynchronous(self) -> bool:
+        """Whether ``clear_async`` may be awaited: the WSDL is loaded and the service is reached
+        directly over http (an https URL or a proxy goes through requests, in ``clear``)."""
+        service = self._service
+        return service is not None and service.clear_driver_async is not None
+
+    async def clear_async(self, query: ClearanceQuery) -> Answer | None:
+        """``clear`` from the event loop, once ``asynchronous()``: the same question, answer and
+        failures (None), the whole exchange within ``timeout_ms``."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                reply = await self._service.clear_driver_async(**_question(query))
+        except Exception as exc:  # fail closed, as clear does
+            log.warning("Immigration gave no answer (%s: %s)", type(exc).__name__, exc)
             return None
-        return cast(Answer, answer)
+        return _answer(reply)
 
     # -- advance notices -----------------------------------------------------------------------------
 
@@ -216,10 +237,29 @@ class ImmigrationClient:
         return error
 
 
+def _question(query: ClearanceQuery) -> dict[str, Any]:
+    return {
+        "TravelDocument": query.travel_document.strip(),
+        "Vehicle": query.vehicle,
+        "DriverParty": query.driver,
+        "ControlPoint": query.control_point,
+        "Lane": query.lane,
+    }
+
+
+def _answer(reply: Any) -> Answer | None:
+    answer = reply if isinstance(reply, str) else getattr(reply, "Answer", None)
+    if answer not in ANSWERS:
+        log.warning("Immigration answered something unreadable: %r", reply)
+        return None
+    return cast(Answer, answer)
+
+
 class _Operations:
     """The service's operations, looked up once (zeep finds them by name on every attribute access)."""
 
     def __init__(self, service: Any) -> None:
+        self.clear_driver_async: Any = None  # set when the kiosk may ask from the event loop
         self.clear_driver = service.ClearDriver
         self.advise_bundle = service.AdviseBundle
         try:
@@ -288,25 +328,7 @@ def _keep_alive_class() -> Any:
 
         def post(self, address: str, message: bytes, headers: dict[str, str]) -> _Reply:
             deadline = time.monotonic() + self.operation_timeout
-            target = self._targets.get(address)
-            if target is None:  # one service address: split and checked once
-                url = urlsplit(address)
-                path = f"{url.path or '/'}?{url.query}" if url.query else url.path or "/"
-                _check_header(f"{path}{url.netloc}")
-                line = f"POST {path} HTTP/1.1\r\nHost: {url.netloc}\r\n"
-                target = self._targets[address] = (
-                    line.encode("latin-1"),
-                    url.netloc,
-                    url.hostname or "",
-                    url.port or 80,
-                )
-            request_line, netloc, host, port = target
-            lines = [f"Content-Length: {len(message)}\r\n"]
-            for name, value in headers.items():
-                _check_header(f"{name}{value}")
-                lines.append(f"{name}: {value}\r\n")
-            lines.append("\r\n")
-            request = request_line + "".join(lines).encode("latin-1") + message
+            request, (_line, netloc, host, port) = _request(self._targets, address, message, headers)
             conn = self._connection(netloc, host, port, deadline)
             try:
                 reply, keep = conn.exchange(request, deadline)
@@ -330,6 +352,98 @@ def _keep_alive_class() -> Any:
                 conn.close()
 
     return KeepAliveTransport
+
+
+_Target = tuple[bytes, str, str, int]  # request line and Host header, netloc, host, port
+
+
+def _request(
+    targets: dict[str, _Target], address: str, message: bytes, headers: dict[str, str]
+) -> tuple[bytes, _Target]:
+    """A POST's bytes (request line, headers and body, to go in one write) and where it goes."""
+    target = targets.get(address)
+    if target is None:  # one service address: split and checked once
+        url = urlsplit(address)
+        path = f"{url.path or '/'}?{url.query}" if url.query else url.path or "/"
+        _check_header(f"{path}{url.netloc}")
+        line = f"POST {path} HTTP/1.1\r\nHost: {url.netloc}\r\n"
+        target = targets[address] = (line.encode("latin-1"), url.netloc, url.hostname or "", url.port or 80)
+    lines = [f"Content-Length: {len(message)}\r\n"]
+    for name, value in headers.items():
+        _check_header(f"{name}{value}")
+        lines.append(f"{name}: {value}\r\n")
+    lines.append("\r\n")
+    return target[0] + "".join(lines).encode("latin-1") + message, target
+
+
+_Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+class _AsyncTransport:
+    """The kiosk's ``ClearDriver`` call from the event loop (zeep's ``AsyncClient`` calls ``post_xml``
+    and awaits it): kept-alive connections of the running loop, the whole exchange, connecting
+    included, bounded by the timeout, the reply read by ``_ReplyReader`` like the blocking transport's.
+    No thread waits for Immigration: on SQLite the kiosk's database work then runs on the one database
+    thread of the process instead of a service thread that competes with the others for the
+    interpreter's lock (bench/RESULTS.md, session 7)."""
+
+    def __init__(self, timeout: float, pool_size: int) -> None:
+        self.timeout = timeout
+        self._pool_size = pool_size
+        self._targets: dict[str, _Target] = {}
+        # Idle connections of the loop that opened them (a serving process has one loop; a new one,
+        # in tests, starts afresh).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle: deque[_Stream] = deque()
+
+    async def post_xml(self, address: str, envelope: Any, headers: dict[str, str]) -> _Reply:
+        from zeep.wsdl.utils import etree_to_string
+
+        request, (_line, _netloc, host, port) = _request(
+            self._targets, address, etree_to_string(envelope), headers
+        )
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._loop, self._idle = loop, deque()
+        idle = self._idle
+        async with asyncio.timeout(self.timeout):
+            reader, writer = await self._connection(idle, host, port)
+            try:
+                writer.write(request)
+                reply, keep = await _drive_async(_ReplyReader().read(), reader)
+            except BaseException:
+                writer.close()
+                raise
+        if keep and len(idle) < self._pool_size:
+            idle.append((reader, writer))
+        else:
+            writer.close()
+        return reply
+
+    @staticmethod
+    async def _connection(idle: deque[_Stream], host: str, port: int) -> _Stream:
+        while idle:
+            reader, writer = idle.pop()
+            if not _dropped(reader, writer):
+                return reader, writer
+            writer.close()
+        reader, writer = await asyncio.open_connection(host, port)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return reader, writer
+
+
+def _dropped(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    """An idle connection the server closed or wrote to cannot carry a request (``_Connection.dropped``):
+    its socket asked directly, as the loop may not have run since the server's close arrived."""
+    if reader.at_eof() or writer.is_closing():
+        return True
+    sock = writer.get_extra_info("socket")
+    try:
+        return sock is None or bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
 
 
 def _keep_alive_transport(session: Any, timeout: float, pool_size: int) -> Any:
@@ -377,30 +491,24 @@ MAX_REPLY = 16 * 1024 * 1024  # an acknowledgement of 100 notices is a few kilob
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,8}")
 
 
-class _Connection:
-    """One kept-alive HTTP/1.1 connection of the SOAP calls. A reply is read to its end as its
-    headers say (``Content-Length``, ``Transfer-Encoding: chunked``, or until the server closes);
-    the connection is kept only when the server keeps it (HTTP/1.1 without ``Connection: close``,
-    or HTTP/1.0 with ``keep-alive``) and the reply ended cleanly. Every read is bounded by the
-    deadline of the exchange."""
+# What a reply reader yields for: more bytes of the reply (b"" once the server has closed).
+_Reading = Generator[None, bytes, tuple[_Reply, bool]]
 
-    def __init__(self, netloc: str, host: str, port: int, timeout: float) -> None:
-        self.netloc = netloc
-        self.sock = socket.create_connection((host, port), timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._poller = select.poll()
-        self._poller.register(self.sock, select.POLLIN)
-        self._buffer = b""
-        self._deadline = 0.0
 
-    def exchange(self, request: bytes, deadline: float) -> tuple[_Reply, bool]:
-        """Send a request, read the whole reply; also whether the connection may carry another."""
-        self._deadline = deadline
+class _ReplyReader:
+    """One HTTP/1.1 reply read to its end as its headers say (``Content-Length``, ``Transfer-Encoding:
+    chunked``, or until the server closes), from the bytes it is given: ``read()`` is a generator that
+    yields whenever it needs more and is sent them (b"" when the server closed the connection), and
+    returns the reply and whether the connection may carry another (HTTP/1.1 without ``Connection:
+    close``, or HTTP/1.0 with ``keep-alive``, and the reply ended cleanly). The blocking and the asyncio
+    transport read through the same one (``_drive``, ``_drive_async``)."""
+
+    def __init__(self) -> None:
         self._buffer = b""
-        self.sock.settimeout(_remaining(deadline))
-        self.sock.sendall(request)
+
+    def read(self) -> _Reading:
         while True:
-            version, status, headers = self._head()
+            version, status, headers = yield from self._head()
             if not 100 <= status < 200:
                 break  # an interim 1xx reply (100 Continue, 103 Early Hints) is followed by the real one
         tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
@@ -412,18 +520,19 @@ class _Connection:
         elif coding is not None:
             if coding.rsplit(",", 1)[-1].strip().lower() != "chunked":
                 raise BadReply(f"Immigration sent a reply in an unknown transfer coding: {coding}")
-            content = self._chunked()
+            content = yield from self._chunked()
         elif length is not None:
             values = {v.strip() for v in length.split(",")}  # repeated headers are joined with ", "
             if len(values) != 1 or not (value := values.pop()).isdigit() or int(value) > MAX_REPLY:
                 raise BadReply(f"Immigration sent a reply with a bad Content-Length: {length!r}")
-            content = self._exactly(int(value))
+            content = yield from self._exactly(int(value))
         else:  # no length: the reply ends when the server closes the connection
-            content, keep = self._until_close(), False
+            content = yield from self._until_close()
+            keep = False
         return _Reply(status, content, headers), keep and not self._buffer
 
-    def _head(self) -> tuple[str, int, _Headers]:
-        head = self._line_block()
+    def _head(self) -> Generator[None, bytes, tuple[str, int, _Headers]]:
+        head = yield from self._line_block()
         lines = head.decode("latin-1").split("\r\n")
         parts = lines[0].split(" ", 2)
         if len(parts) < 2 or parts[0] not in ("HTTP/1.1", "HTTP/1.0") or not parts[1].isdigit():
@@ -443,34 +552,34 @@ class _Connection:
             headers[name] = value if known is None else f"{known}, {value}"
         return parts[0], int(parts[1]), headers
 
-    def _line_block(self) -> bytes:
+    def _line_block(self) -> Generator[None, bytes, bytes]:
         """The status line and headers, up to the blank line that ends them."""
         while (end := self._buffer.find(b"\r\n\r\n")) < 0:
             if len(self._buffer) > MAX_HEAD:
                 raise BadReply("Immigration sent more header than the gateway reads")
-            self._receive()
+            yield from self._more()
         head, self._buffer = self._buffer[:end], self._buffer[end + 4 :]
         return head
 
-    def _line(self) -> bytes:
+    def _line(self) -> Generator[None, bytes, bytes]:
         while (end := self._buffer.find(b"\r\n")) < 0:
             if len(self._buffer) > MAX_HEAD:
                 raise BadReply("Immigration sent an overlong line in a chunked reply")
-            self._receive()
+            yield from self._more()
         line, self._buffer = self._buffer[:end], self._buffer[end + 2 :]
         return line
 
-    def _exactly(self, size: int) -> bytes:
+    def _exactly(self, size: int) -> Generator[None, bytes, bytes]:
         while len(self._buffer) < size:
-            self._receive()
+            yield from self._more()
         data, self._buffer = self._buffer[:size], self._buffer[size:]
         return data
 
-    def _chunked(self) -> bytes:
+    def _chunked(self) -> Generator[None, bytes, bytes]:
         parts: list[bytes] = []
         total = 0
         while True:
-            size_field = self._line().split(b";", 1)[0].strip()  # chunk extensions are ignored
+            size_field = (yield from self._line()).split(b";", 1)[0].strip()  # extensions are ignored
             if not _CHUNK_SIZE.fullmatch(size_field):
                 raise BadReply(f"Immigration sent a bad chunk size: {size_field[:20]!r}")
             size = int(size_field, 16)
@@ -479,29 +588,72 @@ class _Connection:
             total += size
             if total > MAX_REPLY:
                 raise BadReply("Immigration sent a longer reply than the gateway reads")
-            parts.append(self._exactly(size))
-            if self._exactly(2) != b"\r\n":
+            parts.append((yield from self._exactly(size)))
+            if (yield from self._exactly(2)) != b"\r\n":
                 raise BadReply("Immigration sent a chunk longer than its size")
-        while self._line():  # trailer fields, up to the blank line that ends the reply
+        while (yield from self._line()):  # trailer fields, up to the blank line that ends the reply
             pass
         return b"".join(parts)
 
-    def _until_close(self) -> bytes:
+    def _until_close(self) -> Generator[None, bytes, bytes]:
         while True:
             if len(self._buffer) > MAX_REPLY:
                 raise BadReply("Immigration sent a longer reply than the gateway reads")
             try:
-                self._receive()
+                yield from self._more()
             except _Closed:
                 data, self._buffer = self._buffer, b""
                 return data
 
-    def _receive(self) -> None:
-        self.sock.settimeout(_remaining(self._deadline))
-        data = self.sock.recv(65536)
+    def _more(self) -> Generator[None, bytes, None]:
+        data = yield
         if not data:
             raise _Closed("Immigration closed the connection before its reply was complete")
         self._buffer += data
+
+
+def _drive(reading: _Reading, receive: Callable[[], bytes]) -> tuple[_Reply, bool]:
+    """A reply read with a blocking ``receive``."""
+    try:
+        next(reading)
+        while True:
+            reading.send(receive())
+    except StopIteration as done:
+        return cast(tuple[_Reply, bool], done.value)
+
+
+async def _drive_async(reading: _Reading, stream: asyncio.StreamReader) -> tuple[_Reply, bool]:
+    """A reply read from an asyncio stream."""
+    try:
+        next(reading)
+        while True:
+            reading.send(await stream.read(65536))
+    except StopIteration as done:
+        return cast(tuple[_Reply, bool], done.value)
+
+
+class _Connection:
+    """One kept-alive HTTP/1.1 connection of the SOAP calls, read by ``_ReplyReader``. Every read is
+    bounded by the deadline of the exchange."""
+
+    def __init__(self, netloc: str, host: str, port: int, timeout: float) -> None:
+        self.netloc = netloc
+        self.sock = socket.create_connection((host, port), timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._poller = select.poll()
+        self._poller.register(self.sock, select.POLLIN)
+        self._deadline = 0.0
+
+    def exchange(self, request: bytes, deadline: float) -> tuple[_Reply, bool]:
+        """Send a request, read the whole reply; also whether the connection may carry another."""
+        self._deadline = deadline
+        self.sock.settimeout(_remaining(deadline))
+        self.sock.sendall(request)
+        return _drive(_ReplyReader().read(), self._receive)
+
+    def _receive(self) -> bytes:
+        self.sock.settimeout(_remaining(self._deadline))
+        return self.sock.recv(65536)
 
     def dropped(self) -> bool:
         """An idle connection that the server has closed (or written to) cannot carry a request:

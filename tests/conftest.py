@@ -3,12 +3,14 @@ server, on PostgreSQL too: a database is created for the run and dropped at its 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
@@ -89,3 +91,31 @@ def gw(db_url: str, clock: FixedClock) -> Iterator[Gateway]:
 @pytest.fixture
 def party(gw: Gateway) -> Parties:
     return Parties(gw)
+
+
+class Asking:
+    """Asks an Immigration client the kiosk's question the way the kiosk route does (``how``):
+    ``blocking``, with ``clear`` on the caller's thread; or ``event-loop``, with ``clear_async`` awaited
+    on an event loop that lives as long as the test (its kept-alive connections too), the client's WSDL
+    loaded first (``warm``) as it is in a serving process, and ``clear`` only when the client cannot be
+    awaited (its WSDL would not load), as the route falls back."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+        self.loop = asyncio.new_event_loop() if how == "event-loop" else None
+
+    def __call__(self, client: Any, query: Any) -> Any:
+        if self.loop is None:
+            return client.clear(query)
+        client.warm()
+        if not client.asynchronous():
+            return client.clear(query)
+        return self.loop.run_until_complete(client.clear_async(query))
+
+
+@pytest.fixture(params=["blocking", "event-loop"])
+def asking(request: pytest.FixtureRequest) -> Iterator[Asking]:
+    how = Asking(request.param)
+    yield how
+    if how.loop is not None:
+        how.loop.close()

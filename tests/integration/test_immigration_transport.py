@@ -18,6 +18,7 @@ import pytest
 from adapters import immigration_sim
 from adapters.immigration_client import ImmigrationClient
 from gateway.immigration import ClearanceQuery
+from tests.conftest import Asking
 
 CLEARED = immigration_sim._clearance_reply("CLEARED")
 REFER = immigration_sim._clearance_reply("REFER")
@@ -100,8 +101,8 @@ def scripted(*replies: Reply) -> Iterator[tuple[str, Scripted]]:
         listener.close()
 
 
-def ask(client: ImmigrationClient) -> str | None:
-    return client.clear(ClearanceQuery("P1234567", "AB1234", "12345678", "LMC", "1"))
+def ask(asking: Asking, client: ImmigrationClient) -> str | None:
+    return asking(client, ClearanceQuery("P1234567", "AB1234", "12345678", "LMC", "1"))
 
 
 def sized(
@@ -127,31 +128,31 @@ def chunked(conn: socket.socket) -> bool:
     return True
 
 
-def test_kept_alive_replies_with_a_length_share_one_connection():
+def test_kept_alive_replies_with_a_length_share_one_connection(asking):
     with scripted(sized(), sized(REFER)) as (url, script):
         client = ImmigrationClient(url, 2000)
-        assert ask(client) == "CLEARED"
-        assert ask(client) == "REFER"
+        assert ask(asking, client) == "CLEARED"
+        assert ask(asking, client) == "REFER"
     assert (script.soap_connections, script.requests) == (1, 2)
 
 
-def test_a_chunked_reply_with_extensions_and_trailers_is_read_whole():
+def test_a_chunked_reply_with_extensions_and_trailers_is_read_whole(asking):
     with scripted(chunked, sized()) as (url, script):
         client = ImmigrationClient(url, 2000)
-        assert ask(client) == "CLEARED"
-        assert ask(client) == "CLEARED"
+        assert ask(asking, client) == "CLEARED"
+        assert ask(asking, client) == "CLEARED"
     assert script.soap_connections == 1
 
 
-def test_connection_close_is_honoured_and_the_next_call_connects_again():
+def test_connection_close_is_honoured_and_the_next_call_connects_again(asking):
     with scripted(sized(extra=b"Connection: close\r\n", keep=False), sized()) as (url, script):
         client = ImmigrationClient(url, 2000)
-        assert ask(client) == "CLEARED"
-        assert ask(client) == "CLEARED"
+        assert ask(asking, client) == "CLEARED"
+        assert ask(asking, client) == "CLEARED"
     assert (script.soap_connections, script.requests) == (2, 2)
 
 
-def test_an_http_1_0_reply_without_a_length_ends_when_the_server_closes():
+def test_an_http_1_0_reply_without_a_length_ends_when_the_server_closes(asking):
     def until_close(conn: socket.socket) -> bool:
         conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/xml\r\n\r\n" + CLEARED)
         return False
@@ -161,22 +162,22 @@ def test_an_http_1_0_reply_without_a_length_ends_when_the_server_closes():
         script,
     ):
         client = ImmigrationClient(url, 2000)
-        assert ask(client) == "CLEARED"
-        assert ask(client) == "CLEARED"  # HTTP/1.0 with keep-alive: kept
-        assert ask(client) == "CLEARED"
+        assert ask(asking, client) == "CLEARED"
+        assert ask(asking, client) == "CLEARED"  # HTTP/1.0 with keep-alive: kept
+        assert ask(asking, client) == "CLEARED"
     assert (script.soap_connections, script.requests) == (2, 3)
 
 
-def test_an_interim_100_continue_is_skipped():
+def test_an_interim_100_continue_is_skipped(asking):
     def continued(conn: socket.socket) -> bool:
         conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         return sized()(conn)
 
     with scripted(continued) as (url, _script):
-        assert ask(ImmigrationClient(url, 2000)) == "CLEARED"
+        assert ask(asking, ImmigrationClient(url, 2000)) == "CLEARED"
 
 
-def test_a_reply_in_small_pieces_is_put_together():
+def test_a_reply_in_small_pieces_is_put_together(asking):
     def trickled(conn: socket.socket) -> bool:
         data = b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: %d\r\n\r\n%s" % (
             len(CLEARED),
@@ -188,10 +189,10 @@ def test_a_reply_in_small_pieces_is_put_together():
         return True
 
     with scripted(trickled) as (url, _script):
-        assert ask(ImmigrationClient(url, 3000)) == "CLEARED"
+        assert ask(asking, ImmigrationClient(url, 3000)) == "CLEARED"
 
 
-def test_a_reply_trickling_in_past_the_timeout_gives_no_answer_in_time():
+def test_a_reply_trickling_in_past_the_timeout_gives_no_answer_in_time(asking):
     """Each byte comes well within the timeout, the whole reply never does: the timeout bounds the
     exchange, not each read."""
     stop = threading.Event()
@@ -214,13 +215,13 @@ def test_a_reply_trickling_in_past_the_timeout_gives_no_answer_in_time():
         client = ImmigrationClient(url, 400)
         client.warm()
         started = time.monotonic()
-        assert ask(client) is None
+        assert ask(asking, client) is None
         elapsed = time.monotonic() - started
         stop.set()
     assert 0.35 <= elapsed < 1.5, elapsed
 
 
-def test_a_server_that_never_answers_gives_no_answer_within_the_timeout():
+def test_a_server_that_never_answers_gives_no_answer_within_the_timeout(asking):
     stop = threading.Event()
 
     def silent(conn: socket.socket) -> bool:
@@ -231,7 +232,7 @@ def test_a_server_that_never_answers_gives_no_answer_within_the_timeout():
         client = ImmigrationClient(url, 300)
         client.warm()
         started = time.monotonic()
-        assert ask(client) is None
+        assert ask(asking, client) is None
         elapsed = time.monotonic() - started
         stop.set()
     assert 0.25 <= elapsed < 1.2, elapsed
@@ -272,28 +273,28 @@ def _raw(data: bytes, keep: bool = False) -> Reply:
         "closed",
     ],
 )
-def test_a_broken_reply_gives_no_answer_and_the_next_call_starts_afresh(broken):
+def test_a_broken_reply_gives_no_answer_and_the_next_call_starts_afresh(broken, asking):
     with scripted(_raw(broken), sized()) as (url, script):
         client = ImmigrationClient(url, 1000)
-        assert ask(client) is None
-        assert ask(client) == "CLEARED"
+        assert ask(asking, client) is None
+        assert ask(asking, client) == "CLEARED"
     assert script.soap_connections == 2
 
 
-def test_a_kept_connection_the_server_dropped_is_not_reused():
+def test_a_kept_connection_the_server_dropped_is_not_reused(asking):
     def then_drop(conn: socket.socket) -> bool:
         sized()(conn)
         return False  # closes without having said so, as a server's idle timeout does
 
     with scripted(then_drop, sized()) as (url, script):
         client = ImmigrationClient(url, 2000)
-        assert ask(client) == "CLEARED"
+        assert ask(asking, client) == "CLEARED"
         time.sleep(0.1)  # the close reaches the client
-        assert ask(client) == "CLEARED"
+        assert ask(asking, client) == "CLEARED"
     assert (script.soap_connections, script.requests) == (2, 2)
 
 
-def test_a_reply_with_bytes_after_its_end_does_not_keep_its_connection():
+def test_a_reply_with_bytes_after_its_end_does_not_keep_its_connection(asking):
     with scripted(
         _raw(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%sEXTRA" % (len(CLEARED), CLEARED), keep=True),
         sized(),
@@ -302,20 +303,20 @@ def test_a_reply_with_bytes_after_its_end_does_not_keep_its_connection():
         script,
     ):
         client = ImmigrationClient(url, 2000)
-        assert ask(client) == "CLEARED"
-        assert ask(client) == "CLEARED"  # not read from the leftover "EXTRA"
+        assert ask(asking, client) == "CLEARED"
+        assert ask(asking, client) == "CLEARED"  # not read from the leftover "EXTRA"
     assert script.soap_connections == 2
 
 
-def test_the_owner_is_told_once_when_the_wsdl_is_loaded_and_not_when_it_fails():
+def test_the_owner_is_told_once_when_the_wsdl_is_loaded_and_not_when_it_fails(asking):
     """``roadcargo serve`` settles its heap then (gateway.heap): once, however many calls follow."""
     loaded: list[str] = []
     with scripted(sized(), sized(REFER)) as (url, _script):
         client = ImmigrationClient(url, 2000, on_loaded=lambda: loaded.append("WSDL"))
         assert loaded == []  # lazily: nothing is loaded before it is needed
         assert client.warm()
-        assert ask(client) == "CLEARED"
-        assert ask(client) == "REFER"
+        assert ask(asking, client) == "CLEARED"
+        assert ask(asking, client) == "REFER"
     assert loaded == ["WSDL"]
     nowhere = f"http://127.0.0.1:{_closed_port()}/immigration"
     unreachable = ImmigrationClient(nowhere, 300, on_loaded=loaded.clear)
