@@ -115,8 +115,13 @@ async def _run(
             if ahead:  # work that never reached the database: the raw message goes now
                 flush_ahead(gw.engine)
 
+    return await then(gw, job, database_only=database_only)
+
+
+async def then(gw: Gateway, job: Callable[[], Any], *, database_only: bool = False) -> Any:
+    """Run ``job`` on the threads of its kind (see ``_run``) with this request's context: its request
+    id goes into the raw and audit rows."""
     pool = _database_threads(gw) if database_only else _service_threads()
-    # The job runs with this request's context (its request id goes into the raw and audit rows).
     return await asyncio.get_running_loop().run_in_executor(pool, copy_context().run, job)
 
 
@@ -135,7 +140,11 @@ async def _db(request: Request, work: Callable[[_Call], Any], **options: bool) -
 # later, in turns in one sitting on a busy machine: four 4.9-5.0 ms (221-228 bundles/s), one behind
 # anyio's limiter 3.7-4.2 ms (240-281/s), this pool of one 3.5-3.9 ms (276-303/s). One slow job (a huge
 # body) holds up the others of its process meanwhile. PostgreSQL overlaps the round trips of a few
-# more. Work that calls another service (the kiosk asks Immigration, within ``[immigration] timeout_ms``)
+# more. The kiosk's database work runs here too, and Immigration is asked from the event loop between
+# its two steps (adapters/http_border.py): with the whole decision on sixteen service threads, they
+# competed for the interpreter's lock at every SQLite statement (a fifth of a decision's CPU,
+# bench/RESULTS.md, session 7). Work that calls another service on a thread (the kiosk's Immigration
+# client until its WSDL is loaded, or over https or a proxy, within ``[immigration] timeout_ms``)
 # has a pool of its own, so it never holds these up, rather than ``anyio.to_thread``, whose hand-off (a
 # limiter, a cancel scope and two extra turns of the event loop) cost ~70 µs of CPU more a request with
 # 32 kiosks waiting. Sixteen threads, not anyio's forty: with 32 kiosks, forty threads each held a

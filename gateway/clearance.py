@@ -392,6 +392,29 @@ def ask_immigration(gw: Gateway, req: KioskRequest, driver: str | None) -> str |
     except Exception:
         log.exception("Immigration client failed")
         return None
+    return _readable(answer)
+
+
+def asks_from_event_loop(gw: Gateway) -> bool:
+    """Whether Immigration's client can be awaited (``ask_immigration_async``) rather than called on
+    a thread of its own."""
+    ready = getattr(gw.immigration, "asynchronous", None)
+    return ready is not None and bool(ready())
+
+
+async def ask_immigration_async(gw: Gateway, req: KioskRequest, driver: str | None) -> str | None:
+    """``ask_immigration`` from the event loop, once ``asks_from_event_loop``: the client keeps to
+    ``timeout_ms`` by itself; None for no answer in time, garbage or any failure."""
+    query = ClearanceQuery(req.driver_document, req.vehicle, driver, req.control_point, req.lane)
+    try:
+        answer = await gw.immigration.clear_async(query)  # type: ignore[union-attr]
+    except Exception:
+        log.exception("Immigration client failed")
+        return None
+    return _readable(answer)
+
+
+def _readable(answer: Any) -> str | None:
     if not isinstance(answer, str) or answer not in ANSWERS:
         log.warning("Immigration answered something unreadable: %r", answer)
         return None
@@ -401,9 +424,37 @@ def ask_immigration(gw: Gateway, req: KioskRequest, driver: str | None) -> str |
 # -- the decision -------------------------------------------------------------------------------------
 
 
+@dataclass
+class Look:
+    """A kiosk request read, its caller authorised and the store's first look taken: what a decision
+    knows before Immigration is asked. ``answer`` is set when the decision is already made (a resend
+    of a lost RELEASE, a fault)."""
+
+    req: KioskRequest
+    first: Plan | None = None
+    answer: dict[str, Any] | None = None
+
+    def asks_immigration(self) -> bool:
+        return self.answer is None and self.first is not None and self.first.early is None
+
+    @property
+    def driver(self) -> str | None:
+        bundle = self.first.bundle if self.first is not None else None
+        return cast(str | None, bundle.driver_id) if bundle is not None else None
+
+
 def decide(gw: Gateway, actor: Actor, data: Any) -> dict[str, Any]:
     """The kiosk decision of design section 7. Bad requests are errors; past that, every fault is
-    NOT_READY with reason SYSTEM_FAULT."""
+    NOT_READY with reason SYSTEM_FAULT. Three steps: ``look``, Immigration asked (when the decision
+    needs it), ``finish``; the HTTP route runs the first and the last on the database's threads and
+    asks Immigration from its event loop (adapters/http_border.py)."""
+    seen = look(gw, actor, data)
+    answer = ask_immigration(gw, seen.req, seen.driver) if seen.asks_immigration() else None
+    return finish(gw, actor, seen, answer)
+
+
+def look(gw: Gateway, actor: Actor, data: Any) -> Look:
+    """The request checked, its caller authorised, and the store's first look."""
     req = parse_request(gw, data)
     authorised = False
     try:
@@ -425,14 +476,28 @@ def decide(gw: Gateway, actor: Actor, data: Any) -> dict[str, Any]:
             if bundle is None and first.early is not None and first.early.reasons == ["NO_BUNDLE"]:
                 again = _released_just_now(conn, gw, actor, req)
                 if again is not None:
-                    return again
-        return _decide(gw, actor, req, first)
+                    return Look(req, answer=again)
+        return Look(req, first=first)
     except Exception:
         if not authorised:  # a refused caller gets its error, not a decision
             raise
-        log.exception("kiosk decision failed: the truck goes to a manual lane")
-        out: dict[str, Any] = {"decision": "NOT_READY", "reasons": ["SYSTEM_FAULT"], "ccrns": []}
-        return out
+        return Look(req, answer=_system_fault())
+
+
+def finish(gw: Gateway, actor: Actor, seen: Look, answer: str | None) -> dict[str, Any]:
+    """The decision made and recorded, with Immigration's ``answer`` (None: not asked, or no answer)."""
+    if seen.answer is not None:
+        return seen.answer
+    assert seen.first is not None
+    try:
+        return _decide(gw, actor, seen.req, seen.first, answer)
+    except Exception:
+        return _system_fault()
+
+
+def _system_fault() -> dict[str, Any]:
+    log.exception("kiosk decision failed: the truck goes to a manual lane")
+    return {"decision": "NOT_READY", "reasons": ["SYSTEM_FAULT"], "ccrns": []}
 
 
 def _released_just_now(
@@ -457,12 +522,8 @@ def _released_just_now(
     return _answer(actor, last.clearance_id, verdict, json.loads(last.ccrns), json.loads(last.detail))
 
 
-def _decide(gw: Gateway, actor: Actor, req: KioskRequest, first: Plan) -> dict[str, Any]:
-    answer: str | None = None
+def _decide(gw: Gateway, actor: Actor, req: KioskRequest, first: Plan, answer: str | None) -> dict[str, Any]:
     asked = first.early is None
-    if asked:
-        driver = first.bundle.driver_id if first.bundle is not None else None
-        answer = ask_immigration(gw, req, driver)
     with gw.engine.begin() as conn:
         plan, ahead = _relock(conn, gw, actor, req, first) if asked else (first, None)
         if asked and plan.early is None and answer is None:

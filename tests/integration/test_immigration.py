@@ -20,15 +20,19 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from lxml import etree
 from sqlalchemy import select, text
 
 from adapters import immigration_sim
 from adapters.immigration_client import ImmigrationClient
-from gateway import advance_notices, bundles, consignments, tables
+from gateway import advance_notices, bundles, clearance, consignments, tables
+from gateway.app import create_app
 from gateway.clock import HONG_KONG
 from gateway.errors import GatewayError
 from gateway.immigration import ClearanceQuery
+from tests.border_support import border
+from tests.conftest import Asking
 from tests.factories import record
 
 ROADCARGO = str(Path(sys.executable).with_name("roadcargo"))
@@ -97,44 +101,93 @@ def watched_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
-def ask(client: ImmigrationClient, document: str, vehicle: str = "AB1234") -> Any:
-    return client.clear(ClearanceQuery(document, vehicle, "12345678", "LMC", "3"))
+def ask(asking: Asking, client: ImmigrationClient, document: str, vehicle: str = "AB1234") -> Any:
+    return asking(client, ClearanceQuery(document, vehicle, "12345678", "LMC", "3"))
 
 
 # -- the clearance question -------------------------------------------------------------------------
 
 
-def test_immigration_clears_refuses_watchlisted_and_refers_r_numbers(watched_sim):
+def test_immigration_clears_refuses_watchlisted_and_refers_r_numbers(watched_sim, asking):
     client = ImmigrationClient(watched_sim, 2000)
-    assert ask(client, "P1234567") == "CLEARED"
-    assert ask(client, "K7654321") == "REFUSED"
-    assert ask(client, "X1234567") == "REFUSED"  # listed with spaces, asked in upper case
-    assert ask(client, "R1234567") == "REFER"
-    assert client.clear(ClearanceQuery("E9999999", "AB1234", None, "HZM", "1")) == "CLEARED"  # no party
+    assert ask(asking, client, "P1234567") == "CLEARED"
+    assert ask(asking, client, "K7654321") == "REFUSED"
+    assert ask(asking, client, "X1234567") == "REFUSED"  # listed with spaces, asked in upper case
+    assert ask(asking, client, "R1234567") == "REFER"
+    assert asking(client, ClearanceQuery("E9999999", "AB1234", None, "HZM", "1")) == "CLEARED"  # no party
 
 
-def test_a_fault_from_immigration_gives_no_answer(watched_sim):
+def test_a_fault_from_immigration_gives_no_answer(watched_sim, asking):
     client = ImmigrationClient(watched_sim, 2000)
-    assert ask(client, "") is None  # the simulator validates: an empty document is a SOAP fault
-    assert ask(client, "P1", vehicle="lowercase-and-long") is None
-    assert ask(client, "P1") == "CLEARED"  # and the client is still usable
+    assert ask(asking, client, "") is None  # the simulator validates: an empty document is a SOAP fault
+    assert ask(asking, client, "P1", vehicle="lowercase-and-long") is None
+    assert ask(asking, client, "P1") == "CLEARED"  # and the client is still usable
 
 
-def test_slow_immigration_gives_no_answer_within_the_timeout(tmp_path):
+def test_slow_immigration_gives_no_answer_within_the_timeout(tmp_path, asking):
     with simulator(tmp_path, "--delay-ms", "2000") as url:
         client = ImmigrationClient(url, 300)
         started = time.monotonic()
-        assert ask(client, "P1234567") is None
+        assert ask(asking, client, "P1234567") is None
         elapsed = time.monotonic() - started
         assert 0.3 <= elapsed < 1.2, elapsed
 
 
-def test_immigration_down_gives_no_answer_quickly():
+def test_immigration_down_gives_no_answer_quickly(asking):
     client = ImmigrationClient(f"http://127.0.0.1:{free_port()}/immigration", 800)
     started = time.monotonic()
-    assert ask(client, "P1234567") is None
-    assert ask(client, "P1234567") is None  # and again: the failed WSDL load is retried, not cached
+    assert ask(asking, client, "P1234567") is None
+    assert ask(asking, client, "P1234567") is None  # and again: the failed WSDL load is retried, not cached
     assert time.monotonic() - started < 0.5
+
+
+def _on_a_thread(*_args: Any) -> None:
+    raise AssertionError("the kiosk route asked Immigration on a thread")
+
+
+def test_the_kiosk_route_asks_immigration_from_its_event_loop(gw, party, watched_sim, monkeypatch):
+    """Over HTTP, with the client's WSDL loaded (as ``roadcargo serve`` loads it at start), the route
+    awaits the client: each of Immigration's answers makes its decision, and no thread is asked."""
+    b = border(gw, party)
+    gw.immigration = client = ImmigrationClient(watched_sim, 2000)
+    assert client.warm()
+    monkeypatch.setattr(clearance, "ask_immigration", _on_a_thread)
+    trucks = {"CL1": "P1234567", "RF1": "K7654321", "RE1": "R1234567"}  # cleared, watchlisted, referred
+    for vehicle in trucks:
+        b.bundle([b.lodge()], vehicle=vehicle)
+    b.wait_lead_time()
+    with TestClient(create_app(gw)) as http:
+        decided = {
+            vehicle: http.post(
+                "/api/v1/kiosk/clearances",
+                json=b.arrive(vehicle=vehicle, driver_document=document),
+                headers={"Authorization": f"Bearer {b.kiosk_key}"},
+            ).json()
+            for vehicle, document in trucks.items()
+        }
+    assert [(d["decision"], d["reasons"]) for d in decided.values()] == [
+        ("RELEASE", []),
+        ("REFUSE", ["IMMIGRATION_REFUSED"]),
+        ("NOT_READY", ["IMMIGRATION_REFER"]),
+    ]
+
+
+def test_the_kiosk_route_gives_not_ready_when_immigration_is_slow(gw, party, tmp_path, monkeypatch):
+    b = border(gw, party)
+    b.bundle([b.lodge()])
+    b.wait_lead_time()
+    with simulator(tmp_path, "--delay-ms", "2000") as url, TestClient(create_app(gw)) as http:
+        gw.immigration = client = ImmigrationClient(url, 300)
+        assert client.warm()  # the WSDL comes at once; the answers are late
+        monkeypatch.setattr(clearance, "ask_immigration", _on_a_thread)
+        started = time.monotonic()
+        r = http.post(
+            "/api/v1/kiosk/clearances", json=b.arrive(), headers={"Authorization": f"Bearer {b.kiosk_key}"}
+        )
+        elapsed = time.monotonic() - started
+    assert r.status_code == 200, r.text
+    assert (r.json()["decision"], r.json()["reasons"]) == ("NOT_READY", ["IMMIGRATION_UNAVAILABLE"])
+    assert 0.3 <= elapsed < 1.5, elapsed
 
 
 class _Garbage(http.server.BaseHTTPRequestHandler):
@@ -199,9 +252,9 @@ _ENVELOPE = (
     ],
     ids=["no-wsdl", "html", "bytes", "wrong-element", "unknown-answer"],
 )
-def test_garbage_from_immigration_gives_no_answer(wsdl, reply):
+def test_garbage_from_immigration_gives_no_answer(wsdl, reply, asking):
     with garbage_server(wsdl, reply) as url:
-        assert ask(ImmigrationClient(url, 800), "P1234567") is None
+        assert ask(asking, ImmigrationClient(url, 800), "P1234567") is None
 
 
 def test_simulator_serves_its_wsdl_with_absolute_addresses(watched_sim):
