@@ -154,10 +154,10 @@ class ImmigrationClient:
 
     async def clear_async(self, query: ClearanceQuery) -> Answer | None:
         """``clear`` from the event loop, once ``asynchronous()``: the same question, answer and
-        failures (None), the whole exchange within ``timeout_ms``."""
+        failures (None), the whole exchange within ``timeout_ms`` (bounded by ``_AsyncTransport``, as
+        the blocking transport bounds ``clear``'s)."""
         try:
-            async with asyncio.timeout(self.timeout):
-                reply = await self._service.clear_driver_async(**_question(query))
+            reply = await self._service.clear_driver_async(**_question(query))
         except Exception as exc:  # fail closed, as clear does
             log.warning("Immigration gave no answer (%s: %s)", type(exc).__name__, exc)
             return None

@@ -376,7 +376,7 @@ def ask_immigration(gw: Gateway, req: KioskRequest, driver: str | None) -> str |
     port = gw.immigration
     if port is None:
         return None
-    query = ClearanceQuery(req.driver_document, req.vehicle, driver, req.control_point, req.lane)
+    query = _query(req, driver)
     deadline = gw.config.immigration.timeout_ms / 1000 * 1.25 + 0.05
     bounded = getattr(port, "bounded", None)
     try:
@@ -395,6 +395,10 @@ def ask_immigration(gw: Gateway, req: KioskRequest, driver: str | None) -> str |
     return _readable(answer)
 
 
+def _query(req: KioskRequest, driver: str | None) -> ClearanceQuery:
+    return ClearanceQuery(req.driver_document, req.vehicle, driver, req.control_point, req.lane)
+
+
 def asks_from_event_loop(gw: Gateway) -> bool:
     """Whether Immigration's client can be awaited (``ask_immigration_async``) rather than called on
     a thread of its own."""
@@ -405,7 +409,7 @@ def asks_from_event_loop(gw: Gateway) -> bool:
 async def ask_immigration_async(gw: Gateway, req: KioskRequest, driver: str | None) -> str | None:
     """``ask_immigration`` from the event loop, once ``asks_from_event_loop``: the client keeps to
     ``timeout_ms`` by itself; None for no answer in time, garbage or any failure."""
-    query = ClearanceQuery(req.driver_document, req.vehicle, driver, req.control_point, req.lane)
+    query = _query(req, driver)
     try:
         answer = await gw.immigration.clear_async(query)  # type: ignore[union-attr]
     except Exception:
