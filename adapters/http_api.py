@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
@@ -14,6 +15,7 @@ from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.util.concurrency import greenlet_spawn
 
 from gateway import bundles, consignments, parties
 from gateway.context import Actor, Gateway, store_raw, store_raw_ahead
@@ -90,13 +92,15 @@ async def _run(
     json_body: bool = False,
     database_only: bool = False,
     raw_id: bool = True,
+    loop: bool = False,
 ) -> Any:
     """Authenticate, keep the raw body of a request that changes data (with its SHA-256, before it is
     read), parse JSON, then do the work: all in one worker thread, one hop per request. Work that only
     uses the database (``database_only``: no call to another service) runs in a few threads of its own,
     see ``DATABASE_THREADS``; the rest in ``SERVICE_THREADS``. Work that does not need the raw
     message's id (``raw_id=False``) has it stored with its first round trip to the database
-    (``store_raw_ahead``)."""
+    (``store_raw_ahead``). Database work that may run on the event loop (``loop``) goes through
+    ``on_loop``."""
     gw = _gateway(request)
     header = request.headers.get("authorization", "")
     content_type = request.headers.get("content-type")
@@ -115,6 +119,8 @@ async def _run(
             if ahead:  # work that never reached the database: the raw message goes now
                 flush_ahead(gw.engine)
 
+    if loop:
+        return await on_loop(gw, job)
     return await then(gw, job, database_only=database_only)
 
 
@@ -155,10 +161,37 @@ async def _db(request: Request, work: Callable[[_Call], Any], **options: bool) -
 # kiosks a second (each NOT_READY), which is still more than a border's lanes ask.
 DATABASE_THREADS = {"sqlite": 1}
 DEFAULT_DATABASE_THREADS = 8
+# The kiosk's database work on PostgreSQL runs in greenlets on the event loop (``on_loop``); as many at
+# once as there are database threads: each holds a connection of the pool (twenty kept, gateway.db), and
+# one that had to wait for a connection would stop the event loop.
+LOOP_SLOTS = DEFAULT_DATABASE_THREADS
+_LOOP_SLOTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
 SERVICE_THREADS = 16
 _POOLS: dict[str, ThreadPoolExecutor] = {}  # by database dialect, and "services": one set a process
 _POOLS_LOCK = threading.Lock()
 os.register_at_fork(after_in_child=_POOLS.clear)  # a forked child has none of its parent's threads
+
+
+def loop_capable(gw: Gateway) -> bool:
+    """Whether ``on_loop`` runs database work on the event loop (PostgreSQL with psycopg)."""
+    return gw.engine.dialect.driver == "psycopg"
+
+
+async def on_loop(gw: Gateway, job: Callable[[], Any]) -> Any:
+    """Run database work (``job``) on PostgreSQL in the event loop's own thread, in a greenlet: its
+    round trips (``gateway.prepared``'s pipelines) are the event loop's waits, so other requests go on
+    meanwhile, and no thread hands the work or the interpreter's lock to another (see ``LOOP_SLOTS``).
+    At most ``LOOP_SLOTS`` at once in a process, each holding one pooled connection. Elsewhere (SQLite)
+    ``then`` on the database's thread."""
+    if not loop_capable(gw):
+        return await then(gw, job, database_only=True)
+    slots = _LOOP_SLOTS.get(asyncio.get_running_loop())
+    if slots is None:
+        slots = _LOOP_SLOTS[asyncio.get_running_loop()] = asyncio.Semaphore(LOOP_SLOTS)
+    async with slots:
+        return await greenlet_spawn(copy_context().run, job)
 
 
 def _database_threads(gw: Gateway) -> ThreadPoolExecutor:

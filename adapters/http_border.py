@@ -8,13 +8,15 @@ the decision, generic reasons and the CCRNs only.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy.util.concurrency import await_only
 
-from adapters.http_api import _ERROR_RESPONSES, _Call, _object, _run, direct, then
+from adapters.http_api import _ERROR_RESPONSES, _Call, _object, _run, direct, loop_capable, then
 from gateway import clearance, metrics, risk, risk_admin, transhipments
+from gateway.context import Gateway
 
 router = APIRouter(prefix="/api/v1")
 
@@ -211,28 +213,46 @@ async def list_offences(
 )
 @direct
 async def kiosk_clearance(request: Request) -> JSONResponse:
-    # The decision's database work on the database's threads (one on SQLite), Immigration asked from
-    # the event loop in between: no thread waits for it, so none competes with the database work for
-    # the interpreter's lock (bench/RESULTS.md, session 7). A client that cannot be awaited (its WSDL
-    # not loaded yet, an https URL or a proxy) is called on a service thread.
     gw = request.app.state.gateway
-    actor, seen = await _run(
-        request,
-        lambda c: (c.actor, clearance.look(c.gw, c.actor, c.data)),
-        changes=True,
-        json_body=True,
-        raw_id=False,
-        database_only=True,
-    )
-    answer = None
-    if seen.asks_immigration():
-        if clearance.asks_from_event_loop(gw):
-            answer = await clearance.ask_immigration_async(gw, seen.req, seen.driver)
-        else:
-            answer = await then(gw, lambda: clearance.ask_immigration(gw, seen.req, seen.driver))
-    decision = await then(gw, lambda: clearance.finish(gw, actor, seen, answer), database_only=True)
+    if loop_capable(gw):
+        # PostgreSQL: the whole decision in a greenlet on the event loop, in one transaction that holds
+        # the vehicle's rows while Immigration's answer is awaited (clearance.decide_held): two round
+        # trips, no thread hand-offs (bench/RESULTS.md, session 8).
+        def ask(req: clearance.KioskRequest, driver: str | None) -> str | None:
+            return await_only(_ask_immigration(gw, req, driver))
+
+        decision = await _run(
+            request,
+            lambda c: clearance.decide_held(c.gw, c.actor, c.data, ask),
+            changes=True,
+            json_body=True,
+            raw_id=False,
+            loop=True,
+        )
+    else:
+        # SQLite: the decision's database work on the database's thread, Immigration asked from the
+        # event loop in between, the store not locked meanwhile: no thread waits for it, so none
+        # competes with the database work for the interpreter's lock (bench/RESULTS.md, session 7).
+        actor, seen = await _run(
+            request,
+            lambda c: (c.actor, clearance.look(c.gw, c.actor, c.data)),
+            changes=True,
+            json_body=True,
+            raw_id=False,
+            database_only=True,
+        )
+        answer = await _ask_immigration(gw, seen.req, seen.driver) if seen.asks_immigration() else None
+        decision = await then(gw, lambda: clearance.finish(gw, actor, seen, answer), database_only=True)
     metrics.observe_decision(decision.get("decision"))  # roadcargo_kiosk_decisions_total
     return JSONResponse(decision)
+
+
+async def _ask_immigration(gw: Gateway, req: clearance.KioskRequest, driver: str | None) -> str | None:
+    """Immigration's answer, from the event loop; a client that cannot be awaited (its WSDL not loaded
+    yet, an https URL or a proxy) is called on a service thread."""
+    if clearance.asks_from_event_loop(gw):
+        return await clearance.ask_immigration_async(gw, req, driver)
+    return cast(str | None, await then(gw, lambda: clearance.ask_immigration(gw, req, driver)))
 
 
 @router.get(

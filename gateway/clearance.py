@@ -3,7 +3,11 @@
 A kiosk sends one request per arriving vehicle; the gateway answers ``RELEASE``, ``INSPECT``,
 ``NOT_READY`` or ``REFUSE`` with generic reasons. It fails closed: no fault of any kind (Immigration
 down, slow or answering garbage, the database failing inside the decision, a bug) ever yields
-``RELEASE``. Immigration is asked at most once per request and never while the store is locked.
+``RELEASE``. Immigration is asked at most once per request. On SQLite, whose one writer locks the
+whole database, never while the store is locked: the decision reads, asks, then reads again under lock
+(``look``, ``finish``). On PostgreSQL the vehicle's own rows (its bundle and its consignments) stay
+locked while Immigration answers, within ``[immigration] timeout_ms`` (``decide_held``): two round trips
+to the database a decision instead of three, and nothing read twice.
 
 Officers see everything behind a decision (profiles, targets, scores, draws) through the clearance's
 ``detail`` and the inspections; kiosks, drivers and filers see the decision and generic reasons only.
@@ -48,6 +52,8 @@ _CLEARANCES = Prepared(insert(_K))
 # execution cost more CPU than the database's work on it (design section 6 asks 500 decisions a second).
 _SETTING = select(tables.settings.c.value).where(tables.settings.c.name == bindparam("name"))
 _BOUND = select(tables.parties.c.control_point).where(tables.parties.c.party_id == bindparam("party_id"))
+_SETTING_OF = Prepared(_SETTING)
+_BOUND_OF = Prepared(_BOUND)
 # Only the columns a decision looks at: every other one (timestamps above all) costs its conversion.
 _BUNDLE_COLUMNS = [
     _B.c[name]
@@ -104,6 +110,20 @@ _MEMBERS_LOCKED = Prepared(
     select(*_MEMBER_COLUMNS, _V.c.record)
     .join(_I, (_I.c.ccrn == _C.c.ccrn) & (_I.c.bundle_id == bindparam("bundle_id")))
     .join(_V, (_V.c.ccrn == _C.c.ccrn) & (_V.c.version == _C.c.version))
+    .where(_I.c.removed_at.is_(None))
+    .order_by(_C.c.ccrn)
+    .with_for_update(of=(_C, _I))
+)
+# The same found by the vehicle, for ``decide_held``: sent with the statement that locks the vehicle's
+# bundle, in the same round trip, and run after it (so it finds the bundle as locked).
+_LIVE_ID = select(_B.c.bundle_id).where(_B.c.live_vehicle == bindparam("vehicle")).scalar_subquery()
+_MEMBERS_OF_VEHICLE_LOCKED = Prepared(
+    select(*_MEMBER_COLUMNS, _V.c.record)
+    .select_from(
+        _C.join(_I, (_I.c.ccrn == _C.c.ccrn) & (_I.c.bundle_id == _LIVE_ID)).join(
+            _V, (_V.c.ccrn == _C.c.ccrn) & (_V.c.version == _C.c.version)
+        )
+    )
     .where(_I.c.removed_at.is_(None))
     .order_by(_C.c.ccrn)
     .with_for_update(of=(_C, _I))
@@ -248,7 +268,7 @@ def _authorise(actor: Actor, control_point: str, bound: Callable[[], str | None]
 
 
 def in_contingency(conn: Connection, control_point: str) -> bool:
-    return conn.scalar(_SETTING, {"name": _CONTINGENCY + control_point}) == "on"
+    return _SETTING_OF.scalar(conn, {"name": _CONTINGENCY + control_point}) == "on"
 
 
 def set_contingency(gw: Gateway, actor: Actor, control_point: str, active: Any) -> dict[str, Any]:
@@ -310,7 +330,7 @@ def _plan(
     if bundle is not None:
         contingency = bundle.contingency
     else:
-        contingency = conn.scalar(_SETTING, {"name": _CONTINGENCY + req.control_point})
+        contingency = _SETTING_OF.scalar(conn, {"name": _CONTINGENCY + req.control_point})
     if contingency == "on":
         plan.early = Verdict("NOT_READY", ["CONTINGENCY"])
         return plan
@@ -472,7 +492,7 @@ def look(gw: Gateway, actor: Actor, data: Any) -> Look:
             def bound() -> str | None:
                 if bundle is not None:
                     return cast(str | None, bundle.bound)
-                return conn.scalar(_BOUND, {"party_id": actor.party_id})
+                return _BOUND_OF.scalar(conn, {"party_id": actor.party_id})
 
             _authorise(actor, req.control_point, bound)
             authorised = True
@@ -496,6 +516,45 @@ def finish(gw: Gateway, actor: Actor, seen: Look, answer: str | None) -> dict[st
     try:
         return _decide(gw, actor, seen.req, seen.first, answer)
     except Exception:
+        return _system_fault()
+
+
+def decide_held(
+    gw: Gateway, actor: Actor, data: Any, ask: Callable[[KioskRequest, str | None], str | None]
+) -> dict[str, Any]:
+    """``decide`` in one transaction that holds the vehicle's rows from the first look to the decision,
+    Immigration asked (``ask``: its answer, or None) in between: for PostgreSQL, whose locks are the
+    rows' own, in a greenlet of the event loop (adapters/http_border.py), where ``ask`` awaits the call.
+    The first round trip locks the bundle, its members (with their records) and reads the caller's
+    binding, the profiles and the targets that may apply; the second records the decision and commits.
+    A concurrent change of the same vehicle's rows waits for the decision (at most about
+    ``timeout_ms``), instead of the decision reading everything again under lock after Immigration."""
+    req = parse_request(gw, data)
+    authorised = False
+    try:
+        with gw.engine.begin() as conn:
+            risk.secret(conn, gw)  # read once per process; in the pipeline only Prepared statements may run
+            with pipeline(conn):
+                found = _live_bundle(conn, req)
+                locked = _MEMBERS_OF_VEHICLE_LOCKED.send(conn, {"vehicle": req.vehicle})
+                bound = None if actor.is_officer else _BOUND_OF.send(conn, {"party_id": actor.party_id})
+                ahead = risk.Ahead.of_vehicle(conn, gw, req.vehicle)
+            bundle = found.first()
+            _authorise(actor, req.control_point, lambda: bound.scalar() if bound is not None else None)
+            authorised = True
+            plan = _plan(conn, gw, req, True, bundle, locked.all() if bundle is not None else None)
+            if bundle is None and plan.early is not None and plan.early.reasons == ["NO_BUNDLE"]:
+                again = _released_just_now(conn, gw, actor, req)
+                if again is not None:
+                    return again
+            asked = plan.early is None
+            driver = bundle.driver_id if bundle is not None else None
+            ahead.covering([req.vehicle, driver, *(k for m in plan.members for k in (m.ccrn, m.filer_id))])
+            answer = ask(req, driver) if asked else None
+            return _verdict(conn, gw, actor, req, plan, ahead, asked, answer)
+    except Exception:
+        if not authorised:  # a refused caller gets its error, not a decision
+            raise
         return _system_fault()
 
 
@@ -530,23 +589,38 @@ def _decide(gw: Gateway, actor: Actor, req: KioskRequest, first: Plan, answer: s
     asked = first.early is None
     with gw.engine.begin() as conn:
         plan, ahead = _relock(conn, gw, actor, req, first) if asked else (first, None)
-        if asked and plan.early is None and answer is None:
-            verdict = Verdict("NOT_READY", ["IMMIGRATION_UNAVAILABLE"])
-        elif asked and plan.early is None and answer == "REFER":
-            verdict = Verdict("NOT_READY", ["IMMIGRATION_REFER"])
-        elif plan.early is not None:
-            verdict = plan.early
-        else:
-            return _conclude(conn, gw, actor, req, plan, answer, ahead)
-        offence = verdict.reasons == ["EARLY"] and plan.bundle is not None
-        with pipeline(conn):
-            recorded = _record(conn, gw, actor, req, plan, verdict, answer, {"reasons": verdict.reasons})
-            if not offence:
-                conn.commit()  # with the INSERT: one round trip
-        clearance_id = recorded.key()
-        if offence:
-            _early_offence(conn, gw, req, plan.bundle)
-        return _answer(actor, clearance_id, verdict, [m.ccrn for m in plan.members], None)
+        return _verdict(conn, gw, actor, req, plan, ahead, asked, answer)
+
+
+def _verdict(
+    conn: Connection,
+    gw: Gateway,
+    actor: Actor,
+    req: KioskRequest,
+    plan: Plan,
+    ahead: risk.Ahead | None,
+    asked: bool,
+    answer: str | None,
+) -> dict[str, Any]:
+    """The decision on ``plan`` (read under lock in this transaction), recorded and committed;
+    ``asked``: whether Immigration was asked (its ``answer``: None for none)."""
+    if asked and plan.early is None and answer is None:
+        verdict = Verdict("NOT_READY", ["IMMIGRATION_UNAVAILABLE"])
+    elif asked and plan.early is None and answer == "REFER":
+        verdict = Verdict("NOT_READY", ["IMMIGRATION_REFER"])
+    elif plan.early is not None:
+        verdict = plan.early
+    else:
+        return _conclude(conn, gw, actor, req, plan, answer, ahead)
+    offence = verdict.reasons == ["EARLY"] and plan.bundle is not None
+    with pipeline(conn):
+        recorded = _record(conn, gw, actor, req, plan, verdict, answer, {"reasons": verdict.reasons})
+        if not offence:
+            conn.commit()  # with the INSERT: one round trip
+    clearance_id = recorded.key()
+    if offence:
+        _early_offence(conn, gw, req, plan.bundle)
+    return _answer(actor, clearance_id, verdict, [m.ccrn for m in plan.members], None)
 
 
 def _relock(

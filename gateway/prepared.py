@@ -35,13 +35,14 @@ psycopg's loaders; errors are psycopg's, wrapped by SQLAlchemy as ``Connection.e
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 import select
-import threading
 from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, cast
 
 from sqlalchemy import Connection, Engine, bindparam, event
@@ -50,6 +51,7 @@ from sqlalchemy.sql import visitors
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import BindParameter, ClauseElement
+from sqlalchemy.util.concurrency import await_only, in_greenlet
 
 _REQUIRED = object()  # a bound parameter the caller must give
 MANY_ROWS = 500  # rows per INSERT of many rows (PostgreSQL takes at most 65,535 parameters a statement)
@@ -415,7 +417,7 @@ def attach(engine: Engine) -> None:
         batch = conn.info.get(_BATCH)
         if batch is not None:
             batch.run()
-        elif getattr(_ahead, "pending", None) is not None:
+        elif _ahead.get() is not None:
             _Batch(conn, conn.connection.driver_connection).run()  # the statement sent ahead goes first
 
 
@@ -549,8 +551,7 @@ class _Batch:
             steps.append(("execute", sql, answer))
         pgconn.pipeline_sync()
         while pgconn.flush():  # what did not fit the socket: send it as the server reads, reading too
-            readable, _w, _x = select.select([pgconn.socket], [pgconn.socket], [])
-            if readable:
+            if _wait(pgconn.socket, write=True):
                 pgconn.consume_input()
         first: Exception | None = None
         failed_sql = b""
@@ -558,7 +559,7 @@ class _Batch:
         index = 0
         while True:
             while pgconn.is_busy():
-                select.select([pgconn.socket], [], [])
+                _wait(pgconn.socket, write=False)
                 pgconn.consume_input()
             result = pgconn.get_result()
             if result is not None and result.status == pq.ExecStatus.PIPELINE_SYNC:
@@ -594,21 +595,23 @@ class _Batch:
 
 # -- a statement sent ahead of a request's own work ---------------------------------------------------
 
-_ahead = threading.local()
+# The statement of this request (a context: a worker thread's job, or a request's greenlet on the event
+# loop) waiting to go: (engine, server SQL, values).
+_ahead: ContextVar[tuple[Engine, bytes, list[Any]] | None] = ContextVar("roadcargo_ahead", default=None)
 
 
 def send_ahead(engine: Engine, statement: Prepared, params: Mapping[str, Any]) -> None:
-    """Have ``statement`` (an INSERT) committed, in a transaction of its own, at the start of this thread's
+    """Have ``statement`` (an INSERT) committed, in a transaction of its own, at the start of this request's
     next round trip to PostgreSQL on ``engine``, before anything else that round trip holds; ``flush_ahead``
     sends it alone if no round trip has taken it. A request's raw message goes this way: stored and
     committed before its processing runs, without a round trip of its own."""
     plan = statement._plan(engine.dialect, params)
-    _ahead.pending = (engine, plan.server_sql, _ordered(plan.values(params)))
+    _ahead.set((engine, plan.server_sql, _ordered(plan.values(params))))
 
 
 def flush_ahead(engine: Engine) -> None:
-    """Send the statement ``send_ahead`` queued on this thread, if it is still waiting."""
-    pending = getattr(_ahead, "pending", None)
+    """Send the statement ``send_ahead`` queued in this request, if it is still waiting."""
+    pending = _ahead.get()
     if pending is None or pending[0] is not engine:
         return
     try:
@@ -616,16 +619,48 @@ def flush_ahead(engine: Engine) -> None:
             conn.execution_options(isolation_level="AUTOCOMMIT")
             _Batch(conn, conn.connection.driver_connection).run()  # takes it and nothing else
     finally:
-        _ahead.pending = None  # sent, or failed with the request: never left for the thread's next one
+        _ahead.set(None)  # sent, or failed with the request: never left for the context's next one
 
 
 def _claim_ahead(engine: Engine) -> list[_Step]:
-    pending = getattr(_ahead, "pending", None)
+    pending = _ahead.get()
     if pending is None or pending[0] is not engine:
         return []
-    _ahead.pending = None
+    _ahead.set(None)
     _engine, sql, values = pending
     return [("command", b"BEGIN", [], None), ("execute", sql, values, None), ("command", b"COMMIT", [], None)]
+
+
+# -- waiting for the server ---------------------------------------------------------------------------
+
+
+def _wait(sock: int, write: bool) -> bool:
+    """Wait until the connection's socket can be read (or, with ``write``, written): whether it can be
+    read. In a greenlet of ``adapters.http_api.on_loop`` the wait is the event loop's, which runs other
+    requests meanwhile; elsewhere the thread sleeps in ``select``, the interpreter's lock let go."""
+    if in_greenlet():
+        return bool(await_only(_ready(sock, write)))
+    readable, _w, _x = select.select([sock], [sock] if write else [], [])
+    return bool(readable)
+
+
+async def _ready(sock: int, write: bool) -> bool:
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[bool] = loop.create_future()
+
+    def done(readable: bool) -> None:
+        if not ready.done():
+            ready.set_result(readable)
+
+    loop.add_reader(sock, done, True)
+    if write:
+        loop.add_writer(sock, done, False)
+    try:
+        return await ready
+    finally:
+        loop.remove_reader(sock)
+        if write:
+            loop.remove_writer(sock)
 
 
 def _ordered(values: Any) -> list[Any]:

@@ -31,7 +31,19 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, delete, insert, or_, select, tuple_
+from sqlalchemy import (
+    Connection,
+    Engine,
+    String,
+    and_,
+    bindparam,
+    delete,
+    insert,
+    or_,
+    select,
+    tuple_,
+    union_all,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -64,6 +76,7 @@ _O = tables.offences
 _C = tables.consignments
 _V = tables.consignment_versions
 _B = tables.bundles
+_I = tables.bundle_items
 _RESULTS = Prepared(insert(_R))
 
 
@@ -444,6 +457,22 @@ _LIVE_TARGETS_OF = Prepared(
     .order_by(_T.c.target_id)
 )
 
+# The same naming a vehicle, the driver of its live bundle, the bundle's consignments and their filers:
+# read in the statement, after the statements that lock those rows in the same round trip.
+_OF_LIVE = (_B.c.live_vehicle == bindparam("vehicle"), _I.c.removed_at.is_(None))
+_VEHICLE_KEYS = union_all(
+    select(bindparam("vehicle", type_=String)),
+    select(_B.c.driver_id).where(_B.c.live_vehicle == bindparam("vehicle")),
+    select(_I.c.ccrn).join(_B, _B.c.bundle_id == _I.c.bundle_id).where(*_OF_LIVE),
+    select(_C.c.filer_id)
+    .join(_I, _I.c.ccrn == _C.c.ccrn)
+    .join(_B, _B.c.bundle_id == _I.c.bundle_id)
+    .where(*_OF_LIVE),
+)
+_LIVE_TARGETS_OF_VEHICLE = Prepared(
+    select(*_TARGET_COLUMNS).where(_T.c.value.in_(_VEHICLE_KEYS), *_LIVE).order_by(_T.c.target_id)
+)
+
 
 def active_profiles(conn: Connection) -> tuple[Profile, ...]:
     return _profiles(_ACTIVE_PROFILES.all(conn))
@@ -519,6 +548,19 @@ class Ahead:
             self._targets = _LIVE_TARGETS_OF.send(conn, params)
         else:
             self._targets = _LIVE_TARGETS.send(conn, params)
+
+    @classmethod
+    def of_vehicle(cls, conn: Connection, gw: Gateway, vehicle: str) -> Ahead:
+        """The active profiles and the live targets naming the vehicle, the driver of its live bundle,
+        the bundle's consignments and their filers, sent after the statements that lock those rows:
+        once they are read, ``covering`` names them."""
+        ahead = cls(conn, gw, ())
+        ahead._targets = _LIVE_TARGETS_OF_VEHICLE.send(conn, {"vehicle": vehicle, "now": gw.now()})
+        return ahead
+
+    def covering(self, keys: Iterable[str | None]) -> None:
+        """The keys (CCRNs, vehicle, parties) whose targets ``of_vehicle`` read."""
+        self._keys = frozenset(k for k in keys if k)
 
     def profiles(self) -> tuple[Profile, ...]:
         if isinstance(self._profiles, Pending):

@@ -344,7 +344,7 @@ FAULTS = [
 
 @pytest.mark.parametrize("fault, status, code, retry_after", FAULTS)
 @pytest.mark.parametrize(
-    "path, module, work", [(HOT[0], clearance, "look"), (HOT[1], bundles, "bundle_outcome")]
+    "path, module, work", [(HOT[0], clearance, "parse_request"), (HOT[1], bundles, "bundle_outcome")]
 )
 def test_faults_in_a_direct_route_are_answered_as_everywhere(
     straight, party, monkeypatch, path, module, work, fault, status, code, retry_after, caplog

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -188,6 +189,46 @@ def test_the_kiosk_route_gives_not_ready_when_immigration_is_slow(gw, party, tmp
     assert r.status_code == 200, r.text
     assert (r.json()["decision"], r.json()["reasons"]) == ("NOT_READY", ["IMMIGRATION_UNAVAILABLE"])
     assert 0.3 <= elapsed < 1.5, elapsed
+
+
+def test_two_lanes_asking_for_the_same_truck_at_once_release_it_once(gw, party, tmp_path):
+    """Two kiosk requests for one vehicle at the same moment, Immigration taking 300 ms over each: one
+    RELEASE, the other finds the bundle gone (NO_BUNDLE), and each consignment crosses once. On
+    PostgreSQL the second waits for the first's rows; on SQLite it reads them again under lock."""
+    b = border(gw, party)
+    ccrns = [b.lodge(), b.lodge()]
+    b.bundle(ccrns)
+    b.wait_lead_time()
+    with simulator(tmp_path, "--delay-ms", "300") as url, TestClient(create_app(gw)) as http:
+        gw.immigration = client = ImmigrationClient(url, 2000)
+        assert client.warm()
+
+        def arrive(lane: str) -> Any:
+            return http.post(
+                "/api/v1/kiosk/clearances",
+                json=b.arrive(lane=lane),
+                headers={"Authorization": f"Bearer {b.kiosk_key}"},
+            )
+
+        with ThreadPoolExecutor(2) as pool:
+            answers = [r.json() for r in pool.map(arrive, ["1", "2"])]
+    assert sorted((a["decision"], a["reasons"]) for a in answers) == [
+        ("NOT_READY", ["NO_BUNDLE"]),
+        ("RELEASE", []),
+    ]
+    assert next(a for a in answers if a["decision"] == "RELEASE")["ccrns"] == sorted(ccrns)
+    with gw.engine.connect() as conn:
+        crossed = (
+            conn.execute(select(tables.events.c.ccrn).where(tables.events.c.type == "CROSSED"))
+            .scalars()
+            .all()
+        )
+        statuses = (
+            conn.execute(select(tables.consignments.c.status).where(tables.consignments.c.ccrn.in_(ccrns)))
+            .scalars()
+            .all()
+        )
+    assert sorted(crossed) == sorted(ccrns) and statuses == ["CROSSED", "CROSSED"]
 
 
 class _Garbage(http.server.BaseHTTPRequestHandler):
