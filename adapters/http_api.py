@@ -136,34 +136,37 @@ async def _db(request: Request, work: Callable[[_Call], Any], **options: bool) -
     return await _run(request, work, database_only=True, **options)
 
 
-# The API's work is the database's: a few threads do it as fast as forty, at less CPU. It holds the GIL
-# but for its waits on the database, so more threads add only thread switches and lock hand-offs, and
-# SQLite takes one writer at a time, queued on a lock of the process (gateway.db): on SQLite one thread
-# does it. The threads are a pool of their own that takes the jobs from a queue, one after another
-# without sleeping in between while there are more (anyio's pool behind a CapacityLimiter hands each job
-# to an idle thread and waits for its answer before the next one may go). 32 concurrent bundlers on
-# SQLite cost 5.3 ms of server CPU a bundle with forty threads, 2.8 ms with four (bench/bundling.py);
-# later, in turns in one sitting on a busy machine: four 4.9-5.0 ms (221-228 bundles/s), one behind
-# anyio's limiter 3.7-4.2 ms (240-281/s), this pool of one 3.5-3.9 ms (276-303/s). One slow job (a huge
-# body) holds up the others of its process meanwhile. PostgreSQL overlaps the round trips of a few
-# more. The kiosk's database work runs here too, and Immigration is asked from the event loop between
-# its two steps (adapters/http_border.py): with the whole decision on sixteen service threads, they
-# competed for the interpreter's lock at every SQLite statement (a fifth of a decision's CPU,
-# bench/RESULTS.md, session 7). Work that calls another service on a thread (the kiosk's Immigration
-# client until its WSDL is loaded, or over https or a proxy, within ``[immigration] timeout_ms``)
-# has a pool of its own, so it never holds these up, rather than ``anyio.to_thread``, whose hand-off (a
-# limiter, a cancel scope and two extra turns of the event loop) cost ~70 µs of CPU more a request with
-# 32 kiosks waiting. Sixteen threads, not anyio's forty: with 32 kiosks, forty threads each held a
-# PostgreSQL connection at once, past the pool's twenty kept open (gateway.db), so connections were
-# opened and closed all the time, each a new backend that had lost psycopg's prepared statements. In
-# turns: PostgreSQL CPU 5.5-5.7 -> 3.3-3.7 ms a decision, 143-157 -> 160-189 decisions/s; SQLite
-# 248 -> 272/s. The cost: with Immigration hanging until its 800 ms timeout, a process answers ~20
-# kiosks a second (each NOT_READY), which is still more than a border's lanes ask.
+# The API's work is the database's: a few threads do it as fast as forty, at less CPU. It holds the GIL but
+# for its waits on the database, so more threads add only thread switches and lock hand-offs, and SQLite
+# takes one writer at a time, queued on a lock of the process (gateway.db): on SQLite one thread does it.
+# The threads are a pool of their own that takes the jobs from a queue, one after another without sleeping
+# in between while there are more (anyio's pool behind a CapacityLimiter hands each job to an idle thread
+# and waits for its answer before the next one may go). 32 concurrent bundlers on SQLite cost 5.3 ms of
+# server CPU a bundle with forty threads, 2.8 ms with four (bench/bundling.py); later, in turns in one
+# sitting on a busy machine: four 4.9-5.0 ms (221-228 bundles/s), one behind anyio's limiter 3.7-4.2 ms
+# (240-281/s), this pool of one 3.5-3.9 ms (276-303/s). One slow job (a huge body) holds up the others of
+# its process meanwhile. PostgreSQL overlaps the round trips of a few more. The kiosk's database work does
+# not come here: it runs on the event loop's own thread (``on_loop``), and Immigration is asked from the
+# event loop (adapters/http_border.py). With the whole decision on sixteen service threads, they competed
+# for the interpreter's lock at every SQLite statement (a fifth of a decision's CPU, bench/RESULTS.md,
+# session 7); with its two steps on this pool, each step's hand-off to a thread and back cost a fifth of a
+# decision's CPU again (session 8). Work that calls another service on a thread (the kiosk's Immigration
+# client until its WSDL is loaded, or over https or a proxy, within ``[immigration] timeout_ms``) has a pool
+# of its own, so it never holds these up, rather than ``anyio.to_thread``, whose hand-off (a limiter, a
+# cancel scope and two extra turns of the event loop) cost ~70 µs of CPU more a request with 32 kiosks
+# waiting. Sixteen threads, not anyio's forty: with 32 kiosks, forty threads each held a PostgreSQL
+# connection at once, past the pool's twenty kept open (gateway.db), so connections were opened and closed
+# all the time, each a new backend that had lost psycopg's prepared statements. In turns: PostgreSQL CPU
+# 5.5-5.7 -> 3.3-3.7 ms a decision, 143-157 -> 160-189 decisions/s; SQLite 248 -> 272/s. The cost: with
+# Immigration hanging until its 800 ms timeout, a process answers ~20 kiosks a second (each NOT_READY),
+# which is still more than a border's lanes ask.
 DATABASE_THREADS = {"sqlite": 1}
 DEFAULT_DATABASE_THREADS = 8
 # The kiosk's database work on PostgreSQL runs in greenlets on the event loop (``on_loop``); as many at
 # once as there are database threads: each holds a connection of the pool (twenty kept, gateway.db), and
-# one that had to wait for a connection would stop the event loop.
+# one that had to wait for a connection would stop the event loop. On SQLite it runs there at once: the
+# process has one writer at a time anyway, and a writer of another process (the writers' lock, gateway.db)
+# holds up the event loop as it held up the one database thread.
 LOOP_SLOTS = DEFAULT_DATABASE_THREADS
 _LOOP_SLOTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
     weakref.WeakKeyDictionary()
@@ -180,11 +183,13 @@ def loop_capable(gw: Gateway) -> bool:
 
 
 async def on_loop(gw: Gateway, job: Callable[[], Any]) -> Any:
-    """Run database work (``job``) on PostgreSQL in the event loop's own thread, in a greenlet: its
-    round trips (``gateway.prepared``'s pipelines) are the event loop's waits, so other requests go on
-    meanwhile, and no thread hands the work or the interpreter's lock to another (see ``LOOP_SLOTS``).
-    At most ``LOOP_SLOTS`` at once in a process, each holding one pooled connection. Elsewhere (SQLite)
-    ``then`` on the database's thread."""
+    """Run database work (``job``) in the event loop's own thread: no thread hands the work or the
+    interpreter's lock to another. On PostgreSQL in a greenlet, whose round trips (``gateway.prepared``'s
+    pipelines) are the event loop's waits, so other requests go on meanwhile; at most ``LOOP_SLOTS`` at
+    once in a process, each holding one pooled connection. On SQLite, whose statements wait only for
+    the disk and the writers' lock, at once (see ``DATABASE_THREADS``)."""
+    if gw.engine.dialect.name == "sqlite":  # nothing to wait for but the disk: run it now
+        return copy_context().run(job)
     if not loop_capable(gw):
         return await then(gw, job, database_only=True)
     slots = _LOOP_SLOTS.get(asyncio.get_running_loop())

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.util.concurrency import await_only
 
-from adapters.http_api import _ERROR_RESPONSES, _Call, _object, _run, direct, loop_capable, then
+from adapters.http_api import _ERROR_RESPONSES, _Call, _object, _run, direct, loop_capable, on_loop, then
 from gateway import clearance, metrics, risk, risk_admin, transhipments
 from gateway.context import Gateway
 
@@ -230,9 +230,10 @@ async def kiosk_clearance(request: Request) -> JSONResponse:
             loop=True,
         )
     else:
-        # SQLite: the decision's database work on the database's thread, Immigration asked from the
-        # event loop in between, the store not locked meanwhile: no thread waits for it, so none
-        # competes with the database work for the interpreter's lock (bench/RESULTS.md, session 7).
+        # SQLite: the decision's two steps of database work on the event loop's thread, Immigration's
+        # answer awaited in between with the store not locked (its one writer locks the whole
+        # database): no thread waits for it, nor hands work to another (bench/RESULTS.md, sessions 7
+        # and 8).
         actor, seen = await _run(
             request,
             lambda c: (c.actor, clearance.look(c.gw, c.actor, c.data)),
@@ -240,9 +241,10 @@ async def kiosk_clearance(request: Request) -> JSONResponse:
             json_body=True,
             raw_id=False,
             database_only=True,
+            loop=True,
         )
         answer = await _ask_immigration(gw, seen.req, seen.driver) if seen.asks_immigration() else None
-        decision = await then(gw, lambda: clearance.finish(gw, actor, seen, answer), database_only=True)
+        decision = await on_loop(gw, lambda: clearance.finish(gw, actor, seen, answer))
     metrics.observe_decision(decision.get("decision"))  # roadcargo_kiosk_decisions_total
     return JSONResponse(decision)
 
