@@ -406,6 +406,10 @@ def attach(engine: Engine) -> None:
     """Let a PostgreSQL engine's connections keep a ``pipeline`` block in order: a COMMIT in the block is
     sent with the block's statements, and a statement through ``Connection.execute`` after them."""
 
+    @event.listens_for(engine, "do_connect")
+    def _connect(_dialect: Dialect, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+        return _loop_connection().connect(*cargs, **cparams)
+
     @event.listens_for(engine, "commit")
     def _commit(conn: Connection) -> None:
         batch = conn.info.get(_BATCH)
@@ -642,6 +646,31 @@ def _wait(sock: int, write: bool) -> bool:
         return bool(await_only(_ready(sock, write)))
     readable, _w, _x = select.select([sock], [sock] if write else [], [])
     return bool(readable)
+
+
+_LOOP_CONNECTION: Any = None
+
+
+def _loop_connection() -> Any:
+    """psycopg's connection class, whose waits for the server (a statement through ``Connection.execute``,
+    a commit, a ping) are, in a greenlet of ``on_loop``, the event loop's (psycopg's own asyncio wait), so
+    that no statement there stops the event loop: one waiting for a row another greenlet of the same loop
+    has locked would otherwise wait for ever. Elsewhere psycopg's own. Opening a connection still waits
+    in place (psycopg's ``connect``): the pool keeps its connections open."""
+    global _LOOP_CONNECTION
+    if _LOOP_CONNECTION is None:
+        import psycopg
+        from psycopg import waiting
+
+        class LoopConnection(psycopg.Connection):
+            def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+                if in_greenlet():
+                    wait = waiting.wait_async(gen, self.pgconn.socket, interval=interval, timeout=timeout)
+                    return await_only(wait)
+                return super().wait(gen, interval, timeout)
+
+        _LOOP_CONNECTION = LoopConnection
+    return _LOOP_CONNECTION
 
 
 async def _ready(sock: int, write: bool) -> bool:

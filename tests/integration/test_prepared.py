@@ -357,3 +357,50 @@ def test_a_statement_sent_ahead_goes_first_committed_on_its_own_and_only_once(gw
     prepared.flush_ahead(gw.engine)
     with gw.engine.connect() as conn:
         assert [r.ccrn for r in _BY_CCRN.all(conn, {"ccrns": ["A1", "A2"]})] == ["A1", "A2"]
+
+
+@pytest.mark.parametrize("through", ["sqlalchemy", "prepared"])
+def test_database_work_on_the_event_loop_waits_for_a_lock_without_stopping_the_loop(
+    gw: Gateway, through: str
+) -> None:
+    """Two requests' database work in greenlets of one event loop (``on_loop``, as the kiosk's runs on
+    PostgreSQL): the second waits for a row the first holds while the first awaits something else (an
+    Immigration answer). Were the second's wait the thread's, the first could never go on: the second
+    would give up at its lock timeout. Through SQLAlchemy's ``Connection.execute`` and through a
+    pipeline."""
+    _postgresql_only(gw)
+    import asyncio
+    import time
+
+    from sqlalchemy.util.concurrency import await_only
+
+    from adapters.http_api import on_loop
+
+    now = datetime(2026, 11, 26, tzinfo=UTC)
+    row = {"party_id": "P0000051", "role": "driver", "name": "A", "status": "ACTIVE", "created_at": now}
+    with gw.engine.begin() as conn:
+        _ADD_PARTY.run(conn, row)
+    lock = select(_PARTIES.c.name).where(_PARTIES.c.party_id == "P0000051").with_for_update()
+
+    def first() -> None:
+        with gw.engine.begin() as conn:
+            conn.execute(lock)
+            await_only(asyncio.sleep(0.3))  # the rows stay locked meanwhile
+            conn.execute(update(_PARTIES).where(_PARTIES.c.party_id == "P0000051").values(name="first"))
+
+    def second() -> str:
+        with gw.engine.begin() as conn:
+            conn.execute(text("SET LOCAL lock_timeout = '3s'"))
+            if through == "sqlalchemy":
+                return str(conn.execute(lock).scalar())
+            return str(_RENAME.send(conn, {"key": "P0000051", "name": "second"}).rowcount())
+
+    async def both() -> tuple[None, str]:
+        one = asyncio.ensure_future(on_loop(gw, first))
+        await asyncio.sleep(0.05)  # the first holds the row
+        return await asyncio.gather(one, on_loop(gw, second))
+
+    started = time.monotonic()
+    _none, seen = asyncio.run(both())
+    assert time.monotonic() - started < 2.5
+    assert seen == ("first" if through == "sqlalchemy" else "1")  # it waited for the first's change
