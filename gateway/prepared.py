@@ -408,7 +408,10 @@ def attach(engine: Engine) -> None:
 
     @event.listens_for(engine, "do_connect")
     def _connect(_dialect: Dialect, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
-        return _loop_connection().connect(*cargs, **cparams)
+        connect = _loop_connection().connect
+        if in_greenlet():  # up to the connect timeout (a server gone): on a thread, not the event loop's
+            return await_only(asyncio.to_thread(connect, *cargs, **cparams))
+        return connect(*cargs, **cparams)
 
     @event.listens_for(engine, "commit")
     def _commit(conn: Connection) -> None:
@@ -655,8 +658,8 @@ def _loop_connection() -> Any:
     """psycopg's connection class, whose waits for the server (a statement through ``Connection.execute``,
     a commit, a ping) are, in a greenlet of ``on_loop``, the event loop's (psycopg's own asyncio wait), so
     that no statement there stops the event loop: one waiting for a row another greenlet of the same loop
-    has locked would otherwise wait for ever. Elsewhere psycopg's own. Opening a connection still waits
-    in place (psycopg's ``connect``): the pool keeps its connections open."""
+    has locked would otherwise wait for ever. Elsewhere psycopg's own. Opening one (psycopg's
+    ``connect``, which waits in place) goes to a thread from such a greenlet (``attach``)."""
     global _LOOP_CONNECTION
     if _LOOP_CONNECTION is None:
         import psycopg

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import pytest
 from sqlalchemy import bindparam, event, insert, select, text, update
@@ -404,3 +405,39 @@ def test_database_work_on_the_event_loop_waits_for_a_lock_without_stopping_the_l
     _none, seen = asyncio.run(both())
     assert time.monotonic() - started < 2.5
     assert seen == ("first" if through == "sqlalchemy" else "1")  # it waited for the first's change
+
+
+def test_opening_a_connection_from_the_event_loop_does_not_stop_it() -> None:
+    """A server that takes the connection and never answers (as one gone unreachable mid-failover):
+    the connection opened from a greenlet of the event loop fails at its connect timeout with
+    SQLAlchemy's error, and the event loop goes on meanwhile."""
+    import asyncio
+    import socket
+    from types import SimpleNamespace
+
+    from adapters.http_api import on_loop
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    engine = db.make_engine(f"postgresql+psycopg://u@127.0.0.1:{silent.getsockname()[1]}/x?connect_timeout=1")
+
+    def connect() -> None:
+        with engine.connect():
+            pass
+
+    async def meanwhile() -> int:
+        ticks = 0
+        opening = asyncio.ensure_future(on_loop(cast(Gateway, SimpleNamespace(engine=engine)), connect))
+        while not opening.done():
+            await asyncio.sleep(0.01)
+            ticks += 1
+        with pytest.raises(OperationalError, match="timeout"):
+            opening.result()
+        return ticks
+
+    try:
+        assert asyncio.run(meanwhile()) >= 30  # about a second of ticks
+    finally:
+        silent.close()
+        engine.dispose()
