@@ -469,9 +469,11 @@ class Look:
 
 def decide(gw: Gateway, actor: Actor, data: Any) -> dict[str, Any]:
     """The kiosk decision of design section 7. Bad requests are errors; past that, every fault is
-    NOT_READY with reason SYSTEM_FAULT. Three steps: ``look``, Immigration asked (when the decision
-    needs it), ``finish``; the HTTP route runs the first and the last on the database's threads and
-    asks Immigration from its event loop (adapters/http_border.py)."""
+    NOT_READY with reason SYSTEM_FAULT. On PostgreSQL ``decide_held``; elsewhere three steps: ``look``,
+    Immigration asked (when the decision needs it), ``finish``. The HTTP route runs the same on the
+    event loop's thread and awaits Immigration's answer there (adapters/http_border.py)."""
+    if gw.engine.dialect.name == "postgresql":
+        return decide_held(gw, actor, data, lambda req, driver: ask_immigration(gw, req, driver))
     seen = look(gw, actor, data)
     answer = ask_immigration(gw, seen.req, seen.driver) if seen.asks_immigration() else None
     return finish(gw, actor, seen, answer)

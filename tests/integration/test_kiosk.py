@@ -184,12 +184,12 @@ class AddsToTheBundle(FakeImmigration):
         return super().clear(query)
 
 
-def test_a_consignment_added_while_immigration_is_asked_is_decided_with_its_targets(b, gw, party):
-    """The decision is made on the bundle as it is under lock, and the targets of its members then, not
-    of the members first seen."""
-    other, _key = party.add(name="Other forwarder")
+def _a_bundle_and_a_targeted_filers_consignment(b, gw, party):
+    """A bundle of one consignment, its lead time passed, and a consignment of another filer, whom a
+    target selects: (that filer, the bundled CCRN, the other CCRN, the bundle)."""
     from tests.factories import record
 
+    other, _key = party.add(name="Other forwarder")
     late = str(consignments.lodge(gw, other, record(submitter_reference="LATE-1")).view["ccrn"])
     risk_admin.add_target(
         gw,
@@ -205,6 +205,15 @@ def test_a_consignment_added_while_immigration_is_asked_is_decided_with_its_targ
     first = b.lodge()
     made = b.bundle([first])
     b.wait_lead_time()
+    return other, first, late, made
+
+
+def test_a_consignment_added_while_immigration_is_asked_is_decided_with_its_targets(b, gw, party):
+    """The decision is made on the bundle as it is under lock, and the targets of its members then, not
+    of the members first seen (SQLite, where nothing is locked while Immigration answers)."""
+    if gw.engine.dialect.name == "postgresql":
+        pytest.skip("PostgreSQL holds the bundle's rows while Immigration answers: the next test")
+    other, first, late, made = _a_bundle_and_a_targeted_filers_consignment(b, gw, party)
     gw.immigration = AddsToTheBundle(gw, b.driver, made["bundle_id"], late)
     out = clearance.decide(gw, b.kiosk, b.arrive())
     assert out["decision"] == "INSPECT" and out["ccrns"] == sorted([first, late])
@@ -212,6 +221,48 @@ def test_a_consignment_added_while_immigration_is_asked_is_decided_with_its_targ
     assert case["selection"]["consignments"][late]["targets"][0]["value"] == other.party_id
     assert not case["selection"]["consignments"][first]["targets"]
     assert {status(gw, c) for c in (first, late)} == {"ARRIVED"}
+
+
+class AddsToTheBundleMeanwhile(FakeImmigration):
+    """Clears the driver; meanwhile, on another thread, the driver tries to add a consignment to the
+    bundle, and is still waiting when the answer is given."""
+
+    def __init__(self, gw, driver, bundle_id, ccrn):
+        super().__init__("CLEARED")
+        self.gw, self.driver, self.bundle_id, self.ccrn = gw, driver, bundle_id, ccrn
+        self.outcome: list[object] = []
+        self.adder = threading.Thread(target=self._add)
+
+    def _add(self):
+        try:
+            self.outcome.append(bundles.add_ccrns(self.gw, self.driver, self.bundle_id, [self.ccrn]))
+        except GatewayError as exc:
+            self.outcome.append(exc)
+
+    def clear(self, query):
+        self.adder.start()
+        self.adder.join(0.5)
+        assert self.adder.is_alive()  # waiting for the bundle the decision holds
+        return super().clear(query)
+
+
+def test_a_consignment_added_while_immigration_is_asked_waits_for_the_decision(b, gw, party):
+    """PostgreSQL: the decision holds the bundle's rows from its first look until it is recorded, so a
+    consignment added meanwhile waits, the decision is made on the bundle as it was (its targets not
+    applying), and the addition then finds the bundle crossed and is refused with a clear error."""
+    if gw.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite locks nothing while Immigration answers: the test before")
+    _other, first, late, made = _a_bundle_and_a_targeted_filers_consignment(b, gw, party)
+    gw.immigration = meanwhile = AddsToTheBundleMeanwhile(gw, b.driver, made["bundle_id"], late)
+    out = clearance.decide(gw, b.kiosk, b.arrive())
+    meanwhile.adder.join(10)
+    assert (out["decision"], out["ccrns"]) == ("RELEASE", [first])
+    (refused,) = meanwhile.outcome
+    assert isinstance(refused, GatewayError), refused
+    assert [(p.code, p.message) for p in refused.problems] == [
+        ("INVALID_STATE", f"bundle {made['bundle_id']} is CROSSED")
+    ]
+    assert status(gw, first) == "CROSSED" and status(gw, late) == "LODGED"
 
 
 def test_an_expired_target_selects_nothing(b, gw, clock):
