@@ -127,9 +127,11 @@ def store_raw_ahead(gw: Gateway, actor: Actor, content_type: str | None, body: b
     """``store_raw`` for work that does not need the message's id: on PostgreSQL a small body's INSERT
     goes, committed in a transaction of its own, at the start of the work's first round trip to the
     database (``prepared.send_ahead``), ahead of the statements that process it, instead of in a round
-    trip of its own (one of the four of a bundle or a kiosk decision). The caller must call
-    ``prepared.flush_ahead`` once the work is done, for work that never reached the database (a request
-    refused on its face is kept too). Elsewhere, and for a big body, it is ``store_raw``."""
+    trip of its own (one of the four of a bundle or a kiosk decision), and without waiting for the disk
+    (the request's own transaction writes it there with its own: ``prepared._NO_WAIT_FOR_DISK``). The
+    caller must call ``prepared.flush_ahead`` once the work is done, for work that never reached the
+    database (a request refused on its face is kept too). Elsewhere, and for a big body, it is
+    ``store_raw``."""
     small = _small_body(body)
     if gw.engine.dialect.name != "postgresql" or small is None:
         store_raw(gw, actor, content_type, body)
