@@ -40,7 +40,7 @@ import itertools
 import re
 import select
 from collections import namedtuple
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, cast
@@ -658,12 +658,25 @@ _NO_WAIT_FOR_DISK = b"SET LOCAL synchronous_commit TO OFF"
 
 def _wait(sock: int, write: bool) -> bool:
     """Wait until the connection's socket can be read (or, with ``write``, written): whether it can be
-    read. In a greenlet of ``adapters.http_api.on_loop`` the wait is the event loop's, which runs other
-    requests meanwhile; elsewhere the thread sleeps in ``select``, the interpreter's lock let go."""
+    read. In a greenlet of ``adapters.http_api.on_loop`` the wait is the event loop's (psycopg's own
+    asyncio wait, as ``_loop_connection``'s), which runs other requests meanwhile; elsewhere the thread
+    sleeps in ``select``, the interpreter's lock let go."""
     if in_greenlet():
-        return bool(await_only(_ready(sock, write)))
+        from psycopg import waiting
+
+        wanted = waiting.Wait.RW if write else waiting.Wait.R
+        ready = await_only(waiting.wait_async(_once(wanted), sock, interval=_WAIT_INTERVAL))
+        return bool(ready & waiting.Ready.R)
     readable, _w, _x = select.select([sock], [sock] if write else [], [])
     return bool(readable)
+
+
+def _once(wanted: Any) -> Generator[Any, Any, Any]:
+    """A psycopg waiting generator that waits once: what the socket was ready for."""
+    return (yield wanted)
+
+
+_WAIT_INTERVAL = 0.1  # psycopg's own: how often a wait wakes to check for interruptions
 
 
 _LOOP_CONNECTION: Any = None
@@ -681,7 +694,7 @@ def _loop_connection() -> Any:
         from psycopg import waiting
 
         class LoopConnection(psycopg.Connection):
-            def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+            def wait(self, gen: Any, interval: float = _WAIT_INTERVAL, timeout: float | None = None) -> Any:
                 if in_greenlet():
                     wait = waiting.wait_async(gen, self.pgconn.socket, interval=interval, timeout=timeout)
                     return await_only(wait)
@@ -689,25 +702,6 @@ def _loop_connection() -> Any:
 
         _LOOP_CONNECTION = LoopConnection
     return _LOOP_CONNECTION
-
-
-async def _ready(sock: int, write: bool) -> bool:
-    loop = asyncio.get_running_loop()
-    ready: asyncio.Future[bool] = loop.create_future()
-
-    def done(readable: bool) -> None:
-        if not ready.done():
-            ready.set_result(readable)
-
-    loop.add_reader(sock, done, True)
-    if write:
-        loop.add_writer(sock, done, False)
-    try:
-        return await ready
-    finally:
-        loop.remove_reader(sock)
-        if write:
-            loop.remove_writer(sock)
 
 
 def _ordered(values: Any) -> list[Any]:
