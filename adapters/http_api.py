@@ -157,14 +157,14 @@ async def _db(request: Request, work: Callable[[_Call], Any], **options: bool) -
 # waiting. Sixteen threads, not anyio's forty: with 32 kiosks, forty threads each held a PostgreSQL
 # connection at once, past the pool's twenty kept open (gateway.db), so connections were opened and closed
 # all the time, each a new backend that had lost psycopg's prepared statements. In turns: PostgreSQL CPU
-# 5.5-5.7 -> 3.3-3.7 ms a decision, 143-157 -> 160-189 decisions/s; SQLite 248 -> 272/s. The cost: with
-# Immigration hanging until its 800 ms timeout, a process answers ~20 kiosks a second (each NOT_READY),
-# which is still more than a border's lanes ask.
+# 5.5-5.7 -> 3.3-3.7 ms a decision, 143-157 -> 160-189 decisions/s; SQLite 248 -> 272/s.
 DATABASE_THREADS = {"sqlite": 1}
 DEFAULT_DATABASE_THREADS = 8
 # The kiosk's database work on PostgreSQL runs in greenlets on the event loop (``on_loop``); as many at
 # once as there are database threads: each holds a connection of the pool (twenty kept, gateway.db), and
-# one that had to wait for a connection would stop the event loop. On SQLite it runs there at once: the
+# one that had to wait for a connection would stop the event loop. A decision holds its slot while
+# Immigration answers, so with Immigration hanging until its 800 ms timeout a process makes about ten a
+# second, each NOT_READY (bench/RESULTS.md, session 8). On SQLite it runs there at once: the
 # process has one writer at a time anyway, and a writer of another process (the writers' lock, gateway.db)
 # holds up the event loop as it held up the one database thread.
 LOOP_SLOTS = DEFAULT_DATABASE_THREADS
@@ -192,9 +192,10 @@ async def on_loop(gw: Gateway, job: Callable[[], Any]) -> Any:
         return copy_context().run(job)
     if not loop_capable(gw):
         return await then(gw, job, database_only=True)
-    slots = _LOOP_SLOTS.get(asyncio.get_running_loop())
+    loop = asyncio.get_running_loop()
+    slots = _LOOP_SLOTS.get(loop)
     if slots is None:
-        slots = _LOOP_SLOTS[asyncio.get_running_loop()] = asyncio.Semaphore(LOOP_SLOTS)
+        slots = _LOOP_SLOTS[loop] = asyncio.Semaphore(LOOP_SLOTS)
     async with slots:
         return await greenlet_spawn(copy_context().run, job)
 

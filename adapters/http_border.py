@@ -240,7 +240,6 @@ async def kiosk_clearance(request: Request) -> JSONResponse:
             changes=True,
             json_body=True,
             raw_id=False,
-            database_only=True,
             loop=True,
         )
         answer = await _ask_immigration(gw, seen.req, seen.driver) if seen.asks_immigration() else None

@@ -499,10 +499,9 @@ def look(gw: Gateway, actor: Actor, data: Any) -> Look:
             _authorise(actor, req.control_point, bound)
             authorised = True
             first = _plan(conn, gw, req, False, bundle, members)
-            if bundle is None and first.early is not None and first.early.reasons == ["NO_BUNDLE"]:
-                again = _released_just_now(conn, gw, actor, req)
-                if again is not None:
-                    return Look(req, answer=again)
+            again = _released_just_now(conn, gw, actor, req, first)
+            if again is not None:
+                return Look(req, answer=again)
         return Look(req, first=first)
     except Exception:
         if not authorised:  # a refused caller gets its error, not a decision
@@ -545,10 +544,9 @@ def decide_held(
             _authorise(actor, req.control_point, lambda: bound.scalar() if bound is not None else None)
             authorised = True
             plan = _plan(conn, gw, req, True, bundle, locked.all() if bundle is not None else None)
-            if bundle is None and plan.early is not None and plan.early.reasons == ["NO_BUNDLE"]:
-                again = _released_just_now(conn, gw, actor, req)
-                if again is not None:
-                    return again
+            again = _released_just_now(conn, gw, actor, req, plan)
+            if again is not None:
+                return again
             asked = plan.early is None
             driver = bundle.driver_id if bundle is not None else None
             ahead.covering([req.vehicle, driver, *(k for m in plan.members for k in (m.ccrn, m.filer_id))])
@@ -566,12 +564,15 @@ def _system_fault() -> dict[str, Any]:
 
 
 def _released_just_now(
-    conn: Connection, gw: Gateway, actor: Actor, req: KioskRequest
+    conn: Connection, gw: Gateway, actor: Actor, req: KioskRequest, plan: Plan
 ) -> dict[str, Any] | None:
     """The RELEASE this kiosk was given for this vehicle, driver and lane within ``RESEND_WINDOW``,
     when the kiosk asks again because that answer was lost on its way: the release ended the bundle,
-    so a fresh decision would find none and send a cleared truck to a manual lane. Nothing is decided
-    or recorded again (the request itself is kept with the raw messages). None in every other case."""
+    so a fresh decision (``plan``) finds none and would send a cleared truck to a manual lane. Nothing
+    is decided or recorded again (the request itself is kept with the raw messages). None in every
+    other case."""
+    if plan.bundle is not None or plan.early is None or plan.early.reasons != ["NO_BUNDLE"]:
+        return None
     last = _LAST_CLEARANCE.first(conn, {"vehicle": req.vehicle})
     if (
         last is None
