@@ -63,7 +63,7 @@ class _Plan:
     """One statement compiled for one dialect, one set of INSERT columns and one length of each
     ``IN`` list."""
 
-    __slots__ = ("binders", "named", "processors", "row", "server_sql", "sql")
+    __slots__ = ("binders", "cells", "named", "processors", "row", "server_sql", "sql")
 
     def __init__(
         self,
@@ -78,11 +78,14 @@ class _Plan:
         self.named = named
         self.row = row
         self.processors = processors
+        self.cells: list[tuple[int, str, Callable[[Any], Any] | None]] | None = None  # see row_values
         # PostgreSQL's own form, $1, $2 ... in the order of ``values``, for the server-side statement
         # (psycopg's dialect writes pyformat, SQLite's qmark).
         self.server_sql = _numbered(sql, binders).encode() if named else b""
 
-    def values(self, params: Mapping[str, Any]) -> Any:
+    def values(self, params: Mapping[str, Any]) -> list[Any]:
+        """The statement's parameters in the order of its placeholders (SQLite's ``?``, PostgreSQL's
+        ``$n`` of ``server_sql``): the list both send, with no names on the way."""
         out: list[Any] = []
         for name, index, processor, default in self.binders:
             value = params.get(name, default)
@@ -91,11 +94,18 @@ class _Plan:
             if index is not None:
                 value = value[index]
             out.append(processor(value) if processor is not None else value)
-        if self.named:
-            return {
-                _named(name, index): v for (name, index, _p, _d), v in zip(self.binders, out, strict=True)
-            }
         return out
+
+    def row_values(self, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
+        """``values`` of a many-row INSERT (``Prepared._insert_rows``), taken from the rows themselves:
+        the binder ``{key}__{i}`` is row i's ``key``."""
+        cells = self.cells
+        if cells is None:
+            cells = self.cells = [
+                (int(name.rpartition("__")[2]), name.rpartition("__")[0], processor)
+                for name, _index, processor, _default in self.binders
+            ]
+        return [rows[i][key] if processor is None else processor(rows[i][key]) for i, key, processor in cells]
 
 
 def _named(name: str, index: int | None) -> str:
@@ -228,8 +238,7 @@ class Prepared:
                     ]
                 )
                 plan = self._plans[key] = _compile(listed, conn.dialect, None, {})
-            flat = {_named(k, i): row[k] for i, row in enumerate(chunk) for k in keys}
-            cursors.append(self._execute(conn, plan, plan.values(flat)))
+            cursors.append(self._execute(conn, plan, plan.row_values(chunk)))
         return Pending(conn, plan, cursors)
 
     # -- internals ------------------------------------------------------------------------------------
@@ -474,7 +483,7 @@ class _Batch:
 
     def add(self, plan: _Plan, parameter_sets: list[Any]) -> _Answer:
         answer = _Answer(self)
-        self._queue += [("execute", plan.server_sql, _ordered(values), answer) for values in parameter_sets]
+        self._queue += [("execute", plan.server_sql, values, answer) for values in parameter_sets]
         return answer
 
     def holding(self) -> bool:
@@ -564,33 +573,41 @@ class _Batch:
         failed_sql = b""
         results: list[Any] = []
         index = 0
+        # The statuses compared for every answer, looked up once (enum members are attribute lookups).
+        sync, fatal, aborted, tuples = (
+            pq.ExecStatus.PIPELINE_SYNC,
+            pq.ExecStatus.FATAL_ERROR,
+            pq.ExecStatus.PIPELINE_ABORTED,
+            pq.ExecStatus.TUPLES_OK,
+        )
+        text_format = pq.Format.TEXT
         while True:
             while pgconn.is_busy():
                 _wait(pgconn.socket, write=False)
                 pgconn.consume_input()
             result = pgconn.get_result()
-            if result is not None and result.status == pq.ExecStatus.PIPELINE_SYNC:
-                break
             if result is not None:
+                if result.status == sync:
+                    break
                 results.append(result)
                 continue
             kind, sql, answer = steps[index]  # the answers of one step end with None
             index += 1
             for result in results:
                 status = result.status
-                if status == pq.ExecStatus.FATAL_ERROR:
+                if status == fatal:
                     error = errors.error_from_result(result, encoding=self.dbapi.info.encoding)
                     if first is None:
                         first, failed_sql = error, sql
                     if answer is not None:
                         answer.error = error
-                elif status == pq.ExecStatus.PIPELINE_ABORTED:
+                elif status == aborted:
                     if answer is not None and answer.error is None:
                         answer.error = errors.PipelineAborted("not run: a statement before it failed")
                 elif kind == "prepare":
                     prepared[sql] = preparing[sql]
-                elif answer is not None and status == pq.ExecStatus.TUPLES_OK:
-                    transformer.set_pgresult(result, format=pq.Format.TEXT)
+                elif answer is not None and status == tuples:
+                    transformer.set_pgresult(result, format=text_format)
                     answer.rows += transformer.load_rows(0, result.ntuples, tuple)
                     answer._count += result.ntuples
                 elif answer is not None:
@@ -613,7 +630,7 @@ def send_ahead(engine: Engine, statement: Prepared, params: Mapping[str, Any]) -
     sends it alone if no round trip has taken it. A request's raw message goes this way: stored and
     committed before its processing runs, without a round trip of its own."""
     plan = statement._plan(engine.dialect, params)
-    _ahead.set((engine, plan.server_sql, _ordered(plan.values(params))))
+    _ahead.set((engine, plan.server_sql, plan.values(params)))
 
 
 def flush_ahead(engine: Engine) -> None:
@@ -702,11 +719,6 @@ def _loop_connection() -> Any:
 
         _LOOP_CONNECTION = LoopConnection
     return _LOOP_CONNECTION
-
-
-def _ordered(values: Any) -> list[Any]:
-    """A plan's ``values`` (a dict for pyformat plans) as the list of $1, $2 ..."""
-    return list(values.values()) if isinstance(values, dict) else list(values)
 
 
 def _begin(dbapi: Any) -> bytes:
