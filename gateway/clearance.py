@@ -28,7 +28,7 @@ from typing import Any, cast
 from sqlalchemy import Connection, bindparam, insert, select, update
 
 from gateway import risk, tables
-from gateway.context import Actor, Gateway, audit, audit_values, iso_hk
+from gateway.context import Actor, Gateway, audit, audit_values, iso_hk, to_json
 from gateway.errors import GatewayError, Problem
 from gateway.identifiers import normalise_vrn, vrn_problem
 from gateway.immigration import ClearanceQuery
@@ -831,7 +831,7 @@ def _record(
             "come_back_at": verdict.come_back_at,
             "immigration": answer,
             "late": plan.late,
-            "detail": json.dumps(detail, default=str),
+            "detail": to_json(detail),
         },
         returning=True,
     )
@@ -1058,7 +1058,7 @@ def open_inspection(
             bundle_id=bundle_id,
             empty=empty,
             ccrns=json.dumps(ccrns),
-            selection=json.dumps(selection, default=str),
+            selection=to_json(selection),
             status="OPEN",
         )
     )

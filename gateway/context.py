@@ -62,8 +62,15 @@ def iso_hk(moment: datetime | None) -> str | None:
     return None if moment is None else moment.astimezone(HONG_KONG).isoformat()
 
 
+# ``json.dumps`` given any option builds a new JSONEncoder for every call (a few microseconds, a dozen
+# times a kiosk decision): the encoders of the hot paths are built once, with the same output.
+_AUDIT_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str).encode
+to_json = json.JSONEncoder(default=str).encode
+"""``json.dumps(value, default=str)``: dates and other values JSON has no type for, as text."""
+
+
 def dump(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+    return None if value is None else _AUDIT_JSON(value)
 
 
 def audit_values(

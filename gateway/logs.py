@@ -96,6 +96,7 @@ _WORDS = ("bearer", "basic", "pin", "passw", "secret", "key", "token", "authoriz
 # -- formatters ----------------------------------------------------------------------------------------
 
 _EXTRA = ("method", "path", "status", "duration_ms", "client", "channel", "party_id")
+_LINE = json.JSONEncoder(ensure_ascii=False, default=str).encode  # built once (context.to_json)
 
 
 class _RequestIdFilter(logging.Filter):
@@ -131,7 +132,7 @@ class JsonFormatter(logging.Formatter):
                 out[name] = value
         if record.exc_info:
             out["exception"] = redact(self.formatException(record.exc_info))
-        return json.dumps(out, ensure_ascii=False, default=str)
+        return _LINE(out)
 
 
 def setup(log_format: str = "text", level: int = logging.INFO, stream: Any = None) -> None:

@@ -504,8 +504,12 @@ class CargoRecord:
         return digest
 
 
+# Built once: json.dumps with options builds an encoder for every call (context.to_json).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
 def canonical_json(data: Any) -> str:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL(data)
 
 
 def crossing_window(expected: str) -> tuple[datetime, datetime]:
