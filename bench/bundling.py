@@ -46,6 +46,7 @@ from bench.harness import (  # noqa: E402
     CONTROL_POINTS,
     Meter,
     RawClient,
+    add_timeline_option,
     bench_record,
     children,
     connect_all,
@@ -55,6 +56,7 @@ from bench.harness import (  # noqa: E402
     load,
     machine,
     ms_each,
+    report_timeline,
     run_async,
     start_gateways,
     stop,
@@ -228,6 +230,7 @@ def main() -> None:
         "each client sending its next request as soon as its answer is in; latencies count from the "
         "moment a request was due",
     )
+    add_timeline_option(parser)
     args = parser.parse_args()
     pacing = "as fast as they are answered" if args.rate is None else f"open loop at {args.rate:g}/s offered"
     print(
@@ -264,6 +267,7 @@ def main() -> None:
                 flush=True,
             )
             print(f"  simulator CPU {r['sim_cpu'] / n * 1000:.2f} ms/bundle; {r['load']} at the end")
+            report_timeline(args.timeline, label, run, 50)
             for e in r["errors"][:5]:
                 print(f"  error: {e}")
 

@@ -12,7 +12,9 @@ generator, gives the same /healthz ceiling within a few per cent (bench/RESULTS.
 from __future__ import annotations
 
 import asyncio
+import collections
 import gc
+import json
 import os
 import platform
 import socket
@@ -133,10 +135,28 @@ def new_loop() -> asyncio.AbstractEventLoop:
 
 @dataclass
 class Run:
-    """Latencies (seconds) of one timed phase and its wall time."""
+    """Latencies (seconds) of one timed phase and its wall time; open loop, also when each request was
+    due (seconds from the start, in the order of ``latencies``)."""
 
     latencies: list[float] = field(default_factory=list)
     elapsed: float = 0.0
+    due: list[float] = field(default_factory=list)
+
+    def timeline(self, path: Path, over_ms: float, window: float = 0.5) -> str:
+        """Write every request's due time and latency to ``path`` (JSON: ``[[due s, latency s], ...]``)
+        and say where the requests over ``over_ms`` were: the windows of ``window`` seconds that held
+        most of them. A p99 made by one stall reads differently from one made all along the run."""
+        pairs = sorted(zip(self.due, self.latencies, strict=True))
+        path.write_text(json.dumps([[round(d, 6), round(x, 6)] for d, x in pairs]))
+        slow = collections.Counter(int(d / window) for d, x in pairs if x * 1000 > over_ms)
+        if not slow:
+            return f"timeline {path}: no request over {over_ms:g} ms"
+        worst = ", ".join(f"{k * window:.1f}-{(k + 1) * window:.1f} s: {n}" for k, n in slow.most_common(4))
+        spread = len(slow) * window
+        return (
+            f"timeline {path}: {sum(slow.values())} requests over {over_ms:g} ms, in {spread:g} s of "
+            f"{self.elapsed:.1f}; most in {worst}"
+        )
 
     @property
     def per_s(self) -> float:
@@ -149,6 +169,20 @@ class Run:
         if q == 50:
             return statistics.median(self.latencies) * 1000
         return statistics.quantiles(self.latencies, n=100)[q - 1] * 1000
+
+
+def add_timeline_option(parser: Any) -> None:
+    parser.add_argument(
+        "--timeline",
+        metavar="PREFIX",
+        help="open loop: write each request's due time and latency to PREFIX-<storage>.json and say in "
+        "which half-seconds the requests over the latency target were",
+    )
+
+
+def report_timeline(prefix: str | None, label: str, run: Run, over_ms: float) -> None:
+    if prefix and run.due:
+        print(f"  {run.timeline(Path(f'{prefix}-{label}.json'), over_ms)}")
 
 
 async def drive(
@@ -179,7 +213,7 @@ async def drive_paced(
     slow answer is counted too (no coordinated omission)."""
     interval = len(clients) / rate  # between two requests of one client
 
-    async def one(index: int, client: RawClient, requests: list[bytes]) -> list[float]:
+    async def one(index: int, client: RawClient, requests: list[bytes]) -> list[tuple[float, float]]:
         out = []
         due = started + index / rate  # the clients' schedules interleave
         for request in requests:
@@ -187,14 +221,15 @@ async def drive_paced(
             if wait > 0:
                 await asyncio.sleep(wait)
             status, body = await client.send(request)
-            out.append(time.perf_counter() - due)
+            out.append((due - started, time.perf_counter() - due))
             check(status, body)
             due += interval
         return out
 
     started = time.perf_counter()
-    lats = await asyncio.gather(*(one(i, c, w) for i, (c, w) in enumerate(zip(clients, work, strict=True))))
-    return Run([x for xs in lats for x in xs], time.perf_counter() - started)
+    each = await asyncio.gather(*(one(i, c, w) for i, (c, w) in enumerate(zip(clients, work, strict=True))))
+    pairs = [pair for pairs in each for pair in pairs]
+    return Run([x for _d, x in pairs], time.perf_counter() - started, [d for d, _x in pairs])
 
 
 async def timed(
