@@ -105,6 +105,40 @@ def _quiet_socket_ping(engine: Engine) -> None:
 
 _writing = threading.local()
 
+# SQLite's write-ahead log is copied back into the database file by a checkpoint, which syncs both files
+# to disk. Left to SQLite, the transaction whose COMMIT takes the log past 1,000 pages does it, holding the
+# writers' lock (``_WriterQueue``) for it: every write of every process then waits for the disk, 3 to 10 ms
+# a time and hundreds when the disk is busy, about every 250 writes at kiosk rates (bench/RESULTS.md,
+# session 9). Instead the background work checkpoints every ``CHECKPOINT_EVERY`` seconds, outside any
+# writer's turn (``checkpoint``, gateway.worker), and a writer checkpoints only past ``WAL_SAFETY_NET``
+# pages (40 MB): a process group that runs no background work at all (every ``serve`` with
+# ``--no-background`` and no ``roadcargo worker``) still bounds its log.
+WAL_SAFETY_NET = 10_000
+CHECKPOINT_EVERY = 0.5
+
+
+def checkpoint_wanted(engine: Engine) -> bool:
+    """Whether ``engine`` is a SQLite file, whose log the background work checkpoints."""
+    return engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:")
+
+
+def checkpoint(engine: Engine) -> tuple[int, int, int] | None:
+    """Copy what SQLite's write-ahead log holds back into the database file, without waiting for a
+    writer or making one wait (a PASSIVE checkpoint: pages a reader still needs are copied next time):
+    SQLite's (busy, pages in the log, pages copied); None for a database with no such log (PostgreSQL,
+    an in-memory SQLite)."""
+    if not checkpoint_wanted(engine):
+        return None
+    raw = engine.raw_connection()  # autocommit (isolation_level None): no BEGIN, no lock of ours
+    try:
+        cursor = raw.cursor()
+        cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        row = cursor.fetchone()
+        cursor.close()
+    finally:
+        raw.close()
+    return (int(row[0]), int(row[1]), int(row[2])) if row is not None else None
+
 
 def _sqlite_pragmas(engine: Engine, path: str | None = None) -> None:
     """SQLite transactions: ``engine.begin()`` (the writers) is ``BEGIN IMMEDIATE``, ``engine.connect()``
@@ -128,6 +162,7 @@ def _sqlite_pragmas(engine: Engine, path: str | None = None) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_SAFETY_NET}")
         cursor.close()
 
     @event.listens_for(engine, "begin")

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from gateway import consignments, heap
+from gateway import consignments, db, heap
 from gateway.context import Gateway
 
 if TYPE_CHECKING:
@@ -119,6 +119,16 @@ def _advance_notices(gw: Gateway, client: ImmigrationClient) -> Callable[[], boo
     return run
 
 
+def _checkpoint(gw: Gateway) -> Callable[[], bool]:
+    """SQLite's write-ahead log copied into the database file outside every writer's turn (db.checkpoint)."""
+
+    def run() -> bool:
+        db.checkpoint(gw.engine)
+        return False
+
+    return run
+
+
 def _optional(module: str, function: str) -> Callable[[Gateway], Any] | None:
     """A function of another part of the gateway that may not be installed in this version."""
     try:
@@ -155,6 +165,8 @@ class Background:
         self.jobs: list[Job] = [Job("expiry", expiry_every, _expiry(gw))]
         if immigration is not None:
             self.jobs.append(Job("advance-notices", notices_every, _advance_notices(gw, immigration)))
+        if db.checkpoint_wanted(gw.engine):
+            self.jobs.append(Job("wal-checkpoint", db.CHECKPOINT_EVERY, _checkpoint(gw)))
         retention = _optional("gateway.retention", "sweep")
         if retention is not None:
             self.jobs.append(Job("retention", sweep_every, _periodic(gw, retention, "retention sweep")))
