@@ -41,9 +41,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until_up(url: str, label: str) -> None:
+def wait_until_up(url: str, label: str, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
     with httpx.Client(timeout=1) as client:  # one client: a new one per poll costs an SSL context
-        for _ in range(150):
+        while time.monotonic() < deadline:
             try:
                 if client.get(url).status_code < 500:
                     return
