@@ -32,7 +32,7 @@ from gateway.context import Actor, Gateway, audit, audit_values, iso_hk, to_json
 from gateway.errors import GatewayError, Problem
 from gateway.identifiers import normalise_vrn, vrn_problem
 from gateway.immigration import ClearanceQuery
-from gateway.prepared import Pending, Prepared, pipeline
+from gateway.prepared import Pending, Prepared, each_statement_alone, pipeline
 
 log = logging.getLogger("roadcargo.clearance")
 
@@ -484,11 +484,8 @@ def look(gw: Gateway, actor: Actor, data: Any) -> Look:
     req = parse_request(gw, data)
     authorised = False
     try:
-        with gw.engine.connect() as conn:  # one connection for the check and the first reading
-            if conn.dialect.name == "postgresql":
-                # Read committed: each statement sees its own snapshot, in a transaction or not; the
-                # first reading is checked again under lock. No BEGIN and ROLLBACK round trips.
-                conn.execution_options(isolation_level="AUTOCOMMIT")
+        # One connection for the check and the first reading, which is checked again under lock.
+        with each_statement_alone(gw.engine) as conn:
             bundle, members = _first_look(conn, req, actor)
 
             def bound() -> str | None:

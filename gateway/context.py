@@ -184,8 +184,7 @@ def store_raw_stream(
         # One INSERT is a transaction of its own: in autocommit it is committed when it returns, with
         # no BEGIN and COMMIT round trips around it (two of the few a request makes).
         row = _small_row(gw, actor, content_type, small)
-        with gw.engine.connect() as conn:
-            conn.execution_options(isolation_level="AUTOCOMMIT")
+        with prepared.each_statement_alone(gw.engine) as conn:
             message_id = _RAW.insert(conn, row)
         return StoredRaw(message_id, row["sha256"], len(small))
     values = _raw_values(gw, actor, content_type)

@@ -19,7 +19,7 @@ from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from gateway import prepared
 
@@ -31,10 +31,10 @@ def default_url(data_dir: str | Path) -> str:
 def make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        on_disk = _sqlite_file(parsed)
+        if on_disk:
+            Path(parsed.database or "").parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-        on_disk = parsed.database not in (None, "", ":memory:")
         _sqlite_pragmas(engine, parsed.database if on_disk else None)
         return engine
     engine = create_engine(url, **_server_engine_options(parsed.query))
@@ -117,9 +117,14 @@ WAL_SAFETY_NET = 10_000
 CHECKPOINT_EVERY = 0.5
 
 
+def _sqlite_file(url: URL) -> bool:
+    """Whether a SQLite URL names a file (not an in-memory database)."""
+    return url.database not in (None, "", ":memory:")
+
+
 def checkpoint_wanted(engine: Engine) -> bool:
     """Whether ``engine`` is a SQLite file, whose log the background work checkpoints."""
-    return engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:")
+    return engine.dialect.name == "sqlite" and _sqlite_file(engine.url)
 
 
 def checkpoint(engine: Engine) -> tuple[int, int, int] | None:

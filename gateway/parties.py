@@ -16,7 +16,7 @@ from gateway import ratelimit, tables
 from gateway.context import AGENCY_SCOPES, ROLES, Actor, Gateway, audit, iso_hk
 from gateway.errors import GatewayError, Problem
 from gateway.identifiers import hash_pin, hash_secret, new_api_key, new_party_id, new_pin
-from gateway.prepared import Prepared
+from gateway.prepared import Prepared, each_statement_alone
 
 MAX_LIVE_KEYS = 2  # two at once, so a key can be rotated without downtime
 
@@ -348,9 +348,7 @@ def _key_row(gw: Gateway, key_hash: str) -> Any:
     cached = hit[1] if hit is not None and hit[0] > time.monotonic() else None
     if cached is not None and (cached.expires_at is None or cached.expires_at > now):
         return cached
-    with gw.engine.connect() as conn:
-        if conn.dialect.name == "postgresql":  # one statement reads one snapshot: no transaction needed
-            conn.execution_options(isolation_level="AUTOCOMMIT")
+    with each_statement_alone(gw.engine) as conn:
         row = _KEY_QUERY.first(conn, {"key_hash": key_hash, "now": now})
     with _key_cache_lock:
         if row is None:

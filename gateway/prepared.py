@@ -63,7 +63,7 @@ class _Plan:
     """One statement compiled for one dialect, one set of INSERT columns and one length of each
     ``IN`` list."""
 
-    __slots__ = ("binders", "cells", "named", "processors", "row", "server_sql", "sql")
+    __slots__ = ("binders", "cells", "processors", "row", "server_sql", "sql")
 
     def __init__(
         self,
@@ -75,7 +75,6 @@ class _Plan:
     ) -> None:
         self.sql = sql
         self.binders = binders
-        self.named = named
         self.row = row
         self.processors = processors
         self.cells: list[tuple[int, str, Callable[[Any], Any] | None]] | None = None  # see row_values
@@ -101,10 +100,8 @@ class _Plan:
         the binder ``{key}__{i}`` is row i's ``key``."""
         cells = self.cells
         if cells is None:
-            cells = self.cells = [
-                (int(name.rpartition("__")[2]), name.rpartition("__")[0], processor)
-                for name, _index, processor, _default in self.binders
-            ]
+            split = [(name.rpartition("__"), processor) for name, _index, processor, _default in self.binders]
+            cells = self.cells = [(int(i), key, processor) for (key, _sep, i), processor in split]
         return [rows[i][key] if processor is None else processor(rows[i][key]) for i, key, processor in cells]
 
 
@@ -358,6 +355,18 @@ class Pending:
 
 def _rowcount(cursor: Any) -> Callable[[], int]:
     return lambda: int(cursor.rowcount)
+
+
+@contextmanager
+def each_statement_alone(engine: Engine) -> Iterator[Connection]:
+    """A connection whose statements each commit (or read) on their own: on PostgreSQL in autocommit,
+    with no BEGIN and ROLLBACK round trips around them (read committed gives each statement its own
+    snapshot anyway), for work of one statement or reads that are checked again later. Elsewhere a
+    plain ``engine.connect()``."""
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+        yield conn
 
 
 @contextmanager
@@ -639,8 +648,7 @@ def flush_ahead(engine: Engine) -> None:
     if pending is None or pending[0] is not engine:
         return
     try:
-        with engine.connect() as conn:
-            conn.execution_options(isolation_level="AUTOCOMMIT")
+        with each_statement_alone(engine) as conn:
             _Batch(conn, conn.connection.driver_connection).run()  # takes it and nothing else
     finally:
         _ahead.set(None)  # sent, or failed with the request: never left for the context's next one
