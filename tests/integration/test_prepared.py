@@ -26,6 +26,7 @@ _BY_CCRN = Prepared(
     .order_by(_E.c.cursor)
 )
 _ADD_EVENT = Prepared(insert(_E))
+_SINCE = Prepared(select(_E.c.ccrn).where(_E.c.at >= bindparam("since")).order_by(_E.c.cursor))
 _ADD_PARTY = Prepared(insert(_PARTIES))
 _RENAME = Prepared(
     update(_PARTIES).where(_PARTIES.c.party_id == bindparam("key")).values(name=bindparam("name"), status="X")
@@ -60,6 +61,9 @@ def test_rows_written_and_read_are_the_ones_sqlalchemy_writes_and_reads(gw: Gate
     assert ours[0].at == at and ours[0].at.tzinfo is not None  # aware, UTC, microseconds kept
     assert ours[1].vehicle is None
     assert ours[3].at == at + timedelta(seconds=1)
+    with gw.engine.connect() as conn:  # a time compared in a WHERE: any zone, to the microsecond
+        assert _SINCE.all(conn, {"since": local + timedelta(microseconds=1)}) == [("C4",)]
+        assert [r.ccrn for r in _SINCE.all(conn, {"since": local})] == ["C1", "C2", "C3", "C4"]
 
 
 def test_in_lists_of_every_length_and_an_empty_one(gw: Gateway) -> None:
@@ -304,6 +308,7 @@ def test_what_a_connection_prepares_stays_bounded_and_the_rest_still_runs(gw: Ga
             wanted = [f"B{i:03d}" for i in range(n)]
             assert [r.ccrn for r in _BY_CCRN.all(conn, {"ccrns": wanted})] == wanted
         statements = _ours_prepared(conn)
+        assert {r.at for r in _BY_CCRN.all(conn, {"ccrns": wanted})} == {at}  # the rows past the bound too
     assert len(statements) <= prepared.PREPARED
     assert all(s.count("$") <= prepared.PREPARED_PARAMETERS for s in statements)
     assert sum("FROM events" in s for s in statements) == prepared.PREPARED_PARAMETERS
