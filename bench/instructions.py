@@ -3,16 +3,16 @@ Immigration simulator answering, against a /healthz request of the same server a
 
     .venv/bin/python bench/instructions.py [--decisions 200] [--pg URL] [--skip-sqlite]
 
-Seconds on this machine vary by a third from one minute to the next (bench/RESULTS.md); instructions
-do not: the same code, database and requests give the same count within about 1-2%, so a change of a
-few percent is seen in one run instead of in ten. For each storage it lodges and bundles the trucks
-once (not counted), then starts `roadcargo serve --no-background` under callgrind three times on copies of
-that database (a file copy on SQLite, ``CREATE DATABASE ... TEMPLATE`` on PostgreSQL), each after 20
-kiosk requests and 20 /healthz requests to warm it up: once with nothing more, once with ``--decisions``
-more kiosk requests, once with as many more /healthz requests. The differences, over the number of
-requests, are the instructions a decision and a /healthz request cost, start-up and warm-up taken out.
-The requests are sent one at a time (callgrind runs the server about fifty times slower). It takes
-two to four minutes per storage; valgrind must be installed (Debian's ``valgrind``).
+Seconds on this machine vary by a third from one minute to the next (bench/RESULTS.md); instructions do
+not. For each storage it lodges and bundles the trucks (not counted), starts `roadcargo serve
+--no-background` under callgrind, warms it up with 20 kiosk requests and 20 /healthz requests, then zeroes
+callgrind's counters (``callgrind_control --zero``), sends ``--decisions`` kiosk requests and dumps the
+count, sends as many /healthz requests and dumps again: the instructions of exactly those requests, over
+their number, with nothing of the start-up or warm-up in them (a start-up alone costs about 6,000 M
+instructions and varies by 1%, as much as a decision's whole count over 100 requests). The requests are
+sent one at a time (callgrind runs the server about fifty times slower). No truck is drawn at random
+(``[risk] random_rate = 0``): every decision is a RELEASE, the same work in every run. It takes about two
+minutes per storage; valgrind must be installed (Debian's ``valgrind``).
 """
 
 from __future__ import annotations
@@ -31,8 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -43,75 +41,27 @@ from bench.kiosk import _config, _prepare  # noqa: E402
 WARM = 20
 
 
-def _copy(url: str, tag: str, workdir: Path) -> str:
-    """A copy of the prepared database, for one server run."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        target = workdir / f"{tag}.db"
-        shutil.copy(parsed.database or "", target)
-        return f"sqlite:///{target}"
-    name = f"{parsed.database}_{tag}"
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{parsed.database}"'))
-    admin.dispose()
-    return parsed.set(database=name).render_as_string(hide_password=False)
+def _control(pid: int, command: str) -> None:
+    subprocess.run(["callgrind_control", command, str(pid)], check=True, capture_output=True, timeout=300)
 
 
-def _drop(url: str, original: str) -> None:
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        admin = create_engine(original, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)'))
-        admin.dispose()
-
-
-def _counted(
-    url: str, config: Path, key: str, point: str, trucks: list[tuple[str, str]], healthz: int
-) -> tuple[int, dict[str, int]]:
-    """Instructions of one server run that answers these kiosk requests and ``healthz`` /healthz ones,
-    after the warm-up, and the decisions' mix."""
-    port = free_port()
-    env = {**os.environ, "ROADCARGO_DB": url, "ROADCARGO_CONFIG": str(config)}
-    command = [sys.executable, "-m", "gateway.cli", "serve", "--http-port", str(port), "--sftp-port", "0"]
-    server = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *command, "--no-background"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    mix: dict[str, int] = {}
-    try:
-        wait_until_up(f"http://127.0.0.1:{port}/healthz", "the gateway under callgrind", seconds=600)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
-            time.sleep(2)  # the Immigration WSDL loaded in the background, as in a running gateway
-            headers = {"Authorization": f"Bearer {key}"}
-            for i, (vehicle, document) in enumerate(trucks):
-                body = {"control_point": point, "lane": "1", "vehicle": vehicle, "driver_document": document}
-                answer = client.post("/api/v1/kiosk/clearances", json=body, headers=headers)
-                answer.raise_for_status()
-                if i >= WARM:
-                    decision = answer.json()["decision"]
-                    mix[decision] = mix.get(decision, 0) + 1
-            for _ in range(healthz):
-                client.get("/healthz").raise_for_status()
-    finally:
-        server.send_signal(signal.SIGTERM)
-        _out, err = server.communicate(timeout=300)
-    found = re.search(rb"Collected : (\d+)", err)
+def _dumped(path: Path) -> int:
+    found = re.search(r"^summary: (\d+)$", path.read_text(errors="replace"), re.MULTILINE)
     if found is None:
-        raise SystemExit(f"callgrind gave no count: {err[-500:].decode(errors='replace')}")
-    return int(found.group(1)), mix
+        raise SystemExit(f"callgrind wrote no count to {path}")
+    return int(found.group(1))
 
 
 def measure(label: str, url: str, decisions: int, workdir: Path) -> dict[str, Any]:
+    """Instructions a kiosk decision and a /healthz request cost one server, and the decisions' mix."""
     config = workdir / f"{label}.toml"
     sim_port = free_port()
     _config(config, workdir / label, sim_port)
-    with config.open("a") as out:  # one kiosk sends every request: no rate limit in the way
-        out.write("[limits]\nrequests_per_second = 0\n")
+    # One kiosk sends every request: no rate limit in the way. No random selection: every truck is
+    # clean, so every decision is a RELEASE (98% of them at the default rate) and two runs count the same
+    # work (with the random 2%, 0 to 6 INSPECTs in 100 moved the count by up to 10%).
+    with config.open("a") as out:
+        out.write("[limits]\nrequests_per_second = 0\n[risk]\nrandom_rate = 0\n")
     keys, points, plan = _prepare(url, config, WARM + decisions, 1)
     trucks = plan[0]
     sim = subprocess.Popen(
@@ -120,28 +70,56 @@ def measure(label: str, url: str, decisions: int, workdir: Path) -> dict[str, An
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    counts: dict[str, int] = {}
+    port = free_port()
+    counts = workdir / f"{label}.callgrind"
+    env = {**os.environ, "ROADCARGO_DB": url, "ROADCARGO_CONFIG": str(config)}
+    command = [sys.executable, "-m", "gateway.cli", "serve", "--http-port", str(port), "--sftp-port", "0"]
+    server = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={counts}", *command, "--no-background"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     mix: dict[str, int] = {}
     try:
         wait_until_up(f"http://127.0.0.1:{sim_port}/immigration?wsdl", "the Immigration simulator")
-        for tag, kiosk, healthz in (
-            ("base", WARM, WARM),
-            ("kiosk", WARM + decisions, WARM),
-            ("healthz", WARM, WARM + decisions),
-        ):
-            copy = _copy(url, tag, workdir)
-            try:
-                counts[tag], seen = _counted(copy, config, keys[0], points[0], trucks[:kiosk], healthz)
-            finally:
-                _drop(copy, url)
-            if tag == "kiosk":
-                mix = seen
+        wait_until_up(f"http://127.0.0.1:{port}/healthz", "the gateway under callgrind", seconds=600)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+            time.sleep(2)  # the Immigration WSDL loaded in the background, as in a running gateway
+            headers = {"Authorization": f"Bearer {keys[0]}"}
+
+            def kiosk(vehicle: str, document: str) -> str:
+                body = {
+                    "control_point": points[0],
+                    "lane": "1",
+                    "vehicle": vehicle,
+                    "driver_document": document,
+                }
+                answer = client.post("/api/v1/kiosk/clearances", json=body, headers=headers)
+                answer.raise_for_status()
+                return str(answer.json()["decision"])
+
+            for vehicle, document in trucks[:WARM]:
+                kiosk(vehicle, document)
+            for _ in range(WARM):
+                client.get("/healthz").raise_for_status()
+            _control(server.pid, "--zero")
+            for vehicle, document in trucks[WARM:]:
+                decision = kiosk(vehicle, document)
+                mix[decision] = mix.get(decision, 0) + 1
+            _control(server.pid, "--dump=kiosk")
+            for _ in range(decisions):
+                client.get("/healthz").raise_for_status()
+            _control(server.pid, "--dump=healthz")
     finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=300)
         sim.terminate()
         sim.wait(timeout=30)
     return {
-        "decision": (counts["kiosk"] - counts["base"]) / decisions,
-        "healthz": (counts["healthz"] - counts["base"]) / decisions,
+        "decision": _dumped(counts.with_name(counts.name + ".1")) / decisions,
+        "healthz": _dumped(counts.with_name(counts.name + ".2")) / decisions,
         "mix": mix,
     }
 
