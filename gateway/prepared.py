@@ -29,9 +29,9 @@ pipeline mode polls and sends once per statement, waking the server for each: 5x
 1.5x the server's for a dozen statements (bench/pg_pipeline.py, bench/RESULTS.md). Each statement is
 prepared on the server at its first use on a connection (psycopg's own preparing is off, gateway.db: its
 ROLLBACK deallocates every prepared statement of the connection). Parameters go through psycopg's dumpers,
-typed by the server from the casts SQLAlchemy writes into the SQL: as text, but datetimes (always aware,
-gateway.tables.UtcDateTime) in PostgreSQL's binary form, which psycopg computes instead of formatting
-the text (0.19 against 2.5 us each here, fourteen a kiosk decision); rows come back through psycopg's
+typed by the server from the casts SQLAlchemy writes into the SQL: as text, but a datetime (always aware,
+gateway.tables.UtcDateTime) cast to a time with a zone in PostgreSQL's binary form, which psycopg
+computes instead of formatting the text (fourteen a kiosk decision); rows come back through psycopg's
 loaders; errors are psycopg's, wrapped by SQLAlchemy as ``Connection.execute`` wraps them.
 """
 
@@ -84,6 +84,8 @@ class _Plan:
         # PostgreSQL's own form, $1, $2 ... in the order of ``values``, for the server-side statement
         # (psycopg's dialect writes pyformat, SQLite's qmark).
         self.server_sql = _numbered(sql, binders).encode() if named else b""
+        if named:
+            _STAMPED[self.server_sql] = frozenset(int(n) - 1 for n in _STAMP.findall(self.server_sql))
 
     def values(self, params: Mapping[str, Any]) -> list[Any]:
         """The statement's parameters in the order of its placeholders (SQLite's ``?``, PostgreSQL's
@@ -106,6 +108,13 @@ class _Plan:
             split = [(name.rpartition("__"), processor) for name, _index, processor, _default in self.binders]
             cells = self.cells = [(int(i), key, processor) for (key, _sep, i), processor in split]
         return [rows[i][key] if processor is None else processor(rows[i][key]) for i, key, processor in cells]
+
+
+# The parameters PostgreSQL is told are times with a zone (SQLAlchemy casts every typed parameter in the
+# SQL), by statement: theirs go in binary form (``_Batch._exchange``). The same text is typed the same
+# way, so the statement's text is its key.
+_STAMP = re.compile(rb"\$(\d+)::TIMESTAMP WITH TIME ZONE")
+_STAMPED: dict[bytes, frozenset[int]] = {}
 
 
 def _named(name: str, index: int | None) -> str:
@@ -543,15 +552,24 @@ class _Batch:
         if transformer is None:  # one a connection: it keeps the dumpers and loaders it has looked up
             transformer = info[_TRANSFORMER] = Transformer(self.dbapi)
         # The parameters first: one that cannot be sent (a NUL in a text) fails before anything is.
+        # Times with a zone go in binary form where the statement casts them so: psycopg's binary dumper
+        # is arithmetic, its text one CPython's str(), 0.19 against 2.5 us each here (bench/RESULTS.md,
+        # session 10); everything else as text, typed by the server from the casts.
         text, binary = PyFormat.TEXT, PyFormat.BINARY
         dumped: list[tuple[list[Any], list[Any] | None]] = []
-        for kind, _sql, values, _answer in queue:
+        for kind, sql, values, _answer in queue:
             if kind != "execute":
                 dumped.append(([], None))
                 continue
-            wanted = [binary if type(value) is datetime else text for value in values]
+            stamped = _STAMPED.get(sql)
+            if not stamped:
+                dumped.append((list(transformer.dump_sequence(values, [text] * len(values))), None))
+                continue
+            wanted = [
+                binary if i in stamped and type(value) is datetime else text for i, value in enumerate(values)
+            ]
             params = list(transformer.dump_sequence(values, wanted))
-            dumped.append((params, list(transformer.formats or ()) if binary in wanted else None))
+            dumped.append((params, list(transformer.formats or ())))
         prepared: dict[bytes, bytes] = info.setdefault(_STATEMENTS, {})
         steps: list[tuple[str, bytes, _Answer | None]] = []  # what each answer read back belongs to
         idle = pgconn.transaction_status == _IDLE and not self.dbapi.autocommit

@@ -66,6 +66,20 @@ def test_rows_written_and_read_are_the_ones_sqlalchemy_writes_and_reads(gw: Gate
         assert [r.ccrn for r in _SINCE.all(conn, {"since": local})] == ["C1", "C2", "C3", "C4"]
 
 
+def test_a_datetime_given_to_a_text_column_is_stored_as_sqlalchemy_stores_it(gw: Gateway) -> None:
+    """On PostgreSQL times go in binary form only where the statement casts them to a time: one given to a
+    text column is stored as its text (the same instant as through ``Connection.execute``), not as the
+    bytes of a binary time."""
+    at = datetime(2026, 11, 26, 8, 30, 15, 123456, tzinfo=UTC)
+    with gw.engine.begin() as conn:
+        _ADD_EVENT.insert(conn, {**_event("T1", at), "data": at})
+        conn.execute(insert(_E), {**_event("T2", at), "data": at})
+    with gw.engine.connect() as conn:
+        stored = conn.execute(select(_E.c.ccrn, _E.c.data).where(_E.c.ccrn.in_(["T1", "T2"]))).all()
+    ours, theirs = sorted(stored)
+    assert datetime.fromisoformat(ours.data) == datetime.fromisoformat(theirs.data) == at
+
+
 def test_in_lists_of_every_length_and_an_empty_one(gw: Gateway) -> None:
     at = datetime(2026, 11, 26, tzinfo=UTC)
     with gw.engine.begin() as conn:
