@@ -85,7 +85,7 @@ class _Plan:
         # (psycopg's dialect writes pyformat, SQLite's qmark).
         self.server_sql = _numbered(sql, binders).encode() if named else b""
         if named:
-            _STAMPED[self.server_sql] = frozenset(int(n) - 1 for n in _STAMP.findall(self.server_sql))
+            _STAMPED[self.server_sql] = tuple(int(n) - 1 for n in _STAMP.findall(self.server_sql))
 
     def values(self, params: Mapping[str, Any]) -> list[Any]:
         """The statement's parameters in the order of its placeholders (SQLite's ``?``, PostgreSQL's
@@ -114,7 +114,7 @@ class _Plan:
 # SQL), by statement: theirs go in binary form (``_Batch._exchange``). The same text is typed the same
 # way, so the statement's text is its key.
 _STAMP = re.compile(rb"\$(\d+)::TIMESTAMP WITH TIME ZONE")
-_STAMPED: dict[bytes, frozenset[int]] = {}
+_STAMPED: dict[bytes, tuple[int, ...]] = {}
 
 
 def _named(name: str, index: int | None) -> str:
@@ -561,15 +561,13 @@ class _Batch:
             if kind != "execute":
                 dumped.append(([], None))
                 continue
-            stamped = _STAMPED.get(sql)
-            if not stamped:
-                dumped.append((list(transformer.dump_sequence(values, [text] * len(values))), None))
-                continue
-            wanted = [
-                binary if i in stamped and type(value) is datetime else text for i, value in enumerate(values)
-            ]
+            wanted = [text] * len(values)
+            stamped = _STAMPED.get(sql, ())
+            for i in stamped:
+                if type(values[i]) is datetime:
+                    wanted[i] = binary
             params = list(transformer.dump_sequence(values, wanted))
-            dumped.append((params, list(transformer.formats or ())))
+            dumped.append((params, list(transformer.formats or ()) if stamped else None))
         prepared: dict[bytes, bytes] = info.setdefault(_STATEMENTS, {})
         steps: list[tuple[str, bytes, _Answer | None]] = []  # what each answer read back belongs to
         idle = pgconn.transaction_status == _IDLE and not self.dbapi.autocommit
