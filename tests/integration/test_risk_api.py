@@ -3,11 +3,15 @@ tipping off, and the done-when story of issue 7 end to end over HTTP."""
 
 import dataclasses
 import json
+import threading
+import time
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
+from sqlalchemy import text as sql
 
 from gateway import consignments, risk_admin, tables
 from gateway.app import create_app
@@ -510,3 +514,56 @@ def test_done_when_story_over_http(b, gw, client, party, clock):
         client.get(f"/api/v1/consignments/{smokes}", headers=bearer(b.filer_key)).json()["status"]
         == "CROSSED"
     )
+
+
+def test_an_officer_whose_release_collides_with_another_change_is_told_so_and_can_retry(b, gw, client):
+    """The release of an inspection locks its consignments, then the bundle. Another transaction that
+    holds the bundle and then wants the consignments deadlocks with it; PostgreSQL undoes the release.
+    The officer is told that, not that the database is down; nothing of the release is kept, and the same
+    request again goes through."""
+    if gw.engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's row locks (SQLite takes one writer at a time)")
+    risk_admin.create_profile(gw, b.officer, TOBACCO)
+    ccrn = b.lodge(items=cigarettes("SMOKES")["items"])
+    bundle_id = b.bundle([ccrn])["bundle_id"]
+    b.wait_lead_time()
+    officer = bearer(b.officer_key)
+    kiosk = client.post("/api/v1/kiosk/clearances", json=b.arrive(), headers=bearer(b.kiosk_key))
+    assert kiosk.json()["decision"] == "INSPECT", kiosk.text
+    (case,) = client.get("/api/v1/inspections", headers=officer).json()["inspections"]
+    release = f"/api/v1/inspections/{case['inspection_id']}/release"
+    answer: list[Any] = []
+    with gw.engine.connect() as other:
+        other.execute(sql("SET deadlock_timeout = '30s'"))  # the release's side is the one undone
+        other.execute(sql("SELECT 1 FROM bundles WHERE bundle_id = :b FOR UPDATE"), {"b": bundle_id})
+        officer_thread = threading.Thread(target=lambda: answer.append(client.post(release, headers=officer)))
+        officer_thread.start()
+        _wait_for_a_lock_wait(gw)  # the release holds the consignment and waits for the bundle
+        other.execute(sql("SELECT 1 FROM consignments WHERE ccrn = :c FOR UPDATE"), {"c": ccrn})
+        officer_thread.join(timeout=30)
+        other.rollback()
+    (r,) = answer
+    assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+    (error,) = r.json()["errors"]
+    assert error["code"] == "UNAVAILABLE" and "collided" in error["message"], error
+    assert (
+        client.get(f"/api/v1/inspections/{case['inspection_id']}", headers=officer).json()["status"] == "OPEN"
+    )
+    assert client.post(release, headers=officer).status_code == 200
+    assert (
+        client.get(f"/api/v1/consignments/{ccrn}", headers=bearer(b.filer_key)).json()["status"] == "CROSSED"
+    )
+
+
+def _wait_for_a_lock_wait(gw, seconds=10.0):
+    deadline = time.monotonic() + seconds
+    with gw.engine.connect() as conn:
+        while time.monotonic() < deadline:
+            waiting = conn.execute(
+                sql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+            ).scalar()
+            conn.rollback()
+            if waiting:
+                return
+            time.sleep(0.05)
+    raise AssertionError("the release never waited for the bundle")
