@@ -26,7 +26,7 @@ from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
 from adapters import xml_channel
-from gateway import bundles, consignments, parties
+from gateway import bundles, consignments, db, parties
 from gateway.context import Actor, Gateway, store_raw
 from gateway.errors import GatewayError, RateLimited
 from mappings import xml_eci
@@ -149,9 +149,9 @@ def handle(gw: Gateway, body: bytes) -> tuple[etree._Element, list[ConsignmentRe
         fault.headers = dict(getattr(exc, "headers", {}))
         raise fault from None
     except OperationalError as exc:
-        log.warning("database unavailable: %s", exc.orig)
-        fault = SoapFault.one("UNAVAILABLE", "the database is unavailable; nothing was accepted, retry")
-        fault.headers = {"Retry-After": "5"}
+        error = db.unavailable(exc)
+        fault = SoapFault.of(error)
+        fault.headers = error.headers
         raise fault from None
     except Exception:
         log.exception("unexpected error in a SOAP request")

@@ -309,17 +309,8 @@ def create_app(gw: Gateway) -> FastAPI:
     async def _db_down(_request: Request, exc: OperationalError) -> JSONResponse:
         if _disk_full(exc):  # SQLite says "database or disk is full" as an OperationalError
             return _error_response(_STORAGE_FULL)
-        if _collided(exc):
-            log.warning("request rolled back by the database, in a collision: %s", exc.orig)
-            error = GatewayError.one(
-                "UNAVAILABLE",
-                "another change to the same records collided with this one and the database undid this "
-                "one; nothing was accepted, retry",
-            )
-            return _error_response(error, {"Retry-After": "1"})
-        log.warning("database unavailable: %s", exc.orig)
-        error = GatewayError.one("UNAVAILABLE", "the database is unavailable; nothing was accepted, retry")
-        return _error_response(error, {"Retry-After": "5"})
+        error = db.unavailable(exc)
+        return _error_response(error, error.headers)
 
     @app.exception_handler(DBAPIError)
     async def _db_error(_request: Request, exc: DBAPIError) -> JSONResponse:
@@ -536,16 +527,6 @@ def _check_direct(route: APIRoute) -> None:
 
 
 _STORAGE_FULL = GatewayError.one("STORAGE_FULL", "the data directory is full; nothing was accepted")
-
-
-# PostgreSQL's SQLSTATEs for a transaction it rolled back because of another one: a deadlock (two
-# requests locking the same rows in opposite orders) and a serialization failure. The request did
-# nothing; the same request again normally goes through.
-_COLLISIONS = frozenset({"40P01", "40001"})
-
-
-def _collided(exc: OperationalError) -> bool:
-    return getattr(exc.orig, "sqlstate", None) in _COLLISIONS
 
 
 def _disk_full(exc: BaseException) -> bool:

@@ -4,6 +4,7 @@ production (design section 11)."""
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import select
 import threading
@@ -20,8 +21,10 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import OperationalError
 
 from gateway import prepared
+from gateway.errors import Unavailable
 
 
 def default_url(data_dir: str | Path) -> str:
@@ -104,6 +107,28 @@ def _quiet_socket_ping(engine: Engine) -> None:
 
 
 _writing = threading.local()
+
+log = logging.getLogger("roadcargo.db")
+
+# PostgreSQL's SQLSTATEs for a transaction it undid because of another one: a deadlock (two requests
+# locking the same rows in opposite orders) and a serialization failure. The request did nothing; the
+# same request again normally goes through.
+_COLLISIONS = frozenset({"40P01", "40001"})
+
+
+def unavailable(exc: OperationalError) -> Unavailable:
+    """What every channel answers a request the database failed (``OperationalError``): UNAVAILABLE,
+    nothing accepted, retry; soon when another change collided with it, later when the database is away."""
+    if getattr(exc.orig, "sqlstate", None) in _COLLISIONS:
+        log.warning("request undone by the database, in a collision: %s", exc.orig)
+        return Unavailable(
+            "another change to the same records collided with this one and the database undid this one; "
+            "nothing was accepted, retry",
+            1,
+        )
+    log.warning("database unavailable: %s", exc.orig)
+    return Unavailable("the database is unavailable; nothing was accepted, retry", 5)
+
 
 # SQLite's write-ahead log is copied back into the database file by a checkpoint, which syncs both files
 # to disk. Left to SQLite, the transaction whose COMMIT takes the log past 1,000 pages does it, holding the

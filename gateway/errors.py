@@ -103,16 +103,31 @@ class GatewayError(Exception):
         return {"errors": [p.as_dict() for p in self.problems]}
 
 
-class RateLimited(GatewayError):
-    """RATE_LIMITED with the whole seconds to wait, which HTTP answers carry as ``Retry-After``."""
+class RetryLater(GatewayError):
+    """An error whose request may be sent again after ``retry_after`` whole seconds, which HTTP answers
+    (and SOAP faults over HTTP) carry as ``Retry-After``."""
 
-    def __init__(self, message: str, retry_after: float) -> None:
-        super().__init__([Problem("RATE_LIMITED", None, message)])
+    def __init__(self, code: str, message: str, retry_after: float) -> None:
+        super().__init__([Problem(code, None, message)])
         self.retry_after = max(1, int(retry_after + 0.999))
 
     @property
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+
+class RateLimited(RetryLater):
+    """RATE_LIMITED: the party sent more than its limit allows."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__("RATE_LIMITED", message, retry_after)
+
+
+class Unavailable(RetryLater):
+    """UNAVAILABLE: the database failed the request; nothing was accepted."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__("UNAVAILABLE", message, retry_after)
 
 
 def catalogue_markdown() -> str:

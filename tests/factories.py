@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any
+
+from sqlalchemy import text
 
 from gateway import parties
 from gateway.context import SYSTEM, Actor, Gateway
@@ -61,3 +64,19 @@ class Parties:
         """A new party: its actor (as the HTTP channel sees it) and its API key."""
         new = parties.add_party(self.gw, SYSTEM, role, name, **kw)
         return parties.authenticate(self.gw, new.api_key, "http"), new.api_key
+
+
+def wait_for_a_lock_wait(gw: Gateway, what: str, seconds: float = 10.0) -> None:
+    """Wait until a session of the PostgreSQL server behind ``gw`` waits for a row lock (``what`` names it
+    in the failure)."""
+    deadline = time.monotonic() + seconds
+    with gw.engine.connect() as conn:
+        while time.monotonic() < deadline:
+            waiting = conn.execute(
+                text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+            ).scalar()
+            conn.rollback()
+            if waiting:
+                return
+            time.sleep(0.05)
+    raise AssertionError(f"{what} never waited for a lock")

@@ -4,7 +4,6 @@ tipping off, and the done-when story of issue 7 end to end over HTTP."""
 import dataclasses
 import json
 import threading
-import time
 from datetime import timedelta
 from typing import Any
 
@@ -18,7 +17,7 @@ from gateway.app import create_app
 from gateway.config import ImmigrationConfig
 from gateway.consignments import Submission
 from tests.border_support import FakeImmigration, border
-from tests.factories import record
+from tests.factories import record, wait_for_a_lock_wait
 
 EXPIRES = "2026-12-09T00:00:00+08:00"
 TOBACCO = {
@@ -538,7 +537,7 @@ def test_an_officer_whose_release_collides_with_another_change_is_told_so_and_ca
         other.execute(sql("SELECT 1 FROM bundles WHERE bundle_id = :b FOR UPDATE"), {"b": bundle_id})
         officer_thread = threading.Thread(target=lambda: answer.append(client.post(release, headers=officer)))
         officer_thread.start()
-        _wait_for_a_lock_wait(gw)  # the release holds the consignment and waits for the bundle
+        wait_for_a_lock_wait(gw, "the release")  # the release holds the consignment and waits for the bundle
         other.execute(sql("SELECT 1 FROM consignments WHERE ccrn = :c FOR UPDATE"), {"c": ccrn})
         officer_thread.join(timeout=30)
         other.rollback()
@@ -553,17 +552,3 @@ def test_an_officer_whose_release_collides_with_another_change_is_told_so_and_ca
     assert (
         client.get(f"/api/v1/consignments/{ccrn}", headers=bearer(b.filer_key)).json()["status"] == "CROSSED"
     )
-
-
-def _wait_for_a_lock_wait(gw, seconds=10.0):
-    deadline = time.monotonic() + seconds
-    with gw.engine.connect() as conn:
-        while time.monotonic() < deadline:
-            waiting = conn.execute(
-                sql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
-            ).scalar()
-            conn.rollback()
-            if waiting:
-                return
-            time.sleep(0.05)
-    raise AssertionError("the release never waited for the bundle")

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from lxml import etree
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from starlette.testclient import TestClient
 
 from adapters.xml_channel import ingest_xml, parse_xml, schema
@@ -22,7 +22,7 @@ from gateway.errors import GatewayError
 from gateway.identifiers import damm_digit
 from mappings import xml_eci
 from mappings.xml_eci import consignment_to_xml, q
-from tests.factories import Parties, record
+from tests.factories import Parties, record, wait_for_a_lock_wait
 
 ECI = "urn:roadcargo:eci:1"
 
@@ -383,6 +383,12 @@ WSSE = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secex
 
 
 def soap_call(client: TestClient, actor: Any, key: str, payload: bytes) -> etree._Element:
+    body = parse_xml(soap_post(client, actor, key, payload).content, 10**8).find(f"{{{SOAP}}}Body")
+    assert body is not None
+    return body[0]
+
+
+def soap_post(client: TestClient, actor: Any, key: str, payload: bytes) -> Any:
     header = (
         f'<soap:Header><wsse:Security xmlns:wsse="{WSSE}"><wsse:UsernameToken>'
         f"<wsse:Username>{actor.party_id}</wsse:Username><wsse:Password>{key}</wsse:Password>"
@@ -390,10 +396,7 @@ def soap_call(client: TestClient, actor: Any, key: str, payload: bytes) -> etree
     ).encode()
     payload = payload.split(b"?>", 1)[1] if payload.startswith(b"<?xml") else payload
     envelope = f'<soap:Envelope xmlns:soap="{SOAP}">'.encode() + header + b"<soap:Body>" + payload
-    response = client.post("/soap/cargo", content=envelope + b"</soap:Body></soap:Envelope>")
-    body = parse_xml(response.content, 10**8).find(f"{{{SOAP}}}Body")
-    assert body is not None
-    return body[0]
+    return client.post("/soap/cargo", content=envelope + b"</soap:Body></soap:Envelope>")
 
 
 def test_soap_lodges_and_reads_the_status_on_either_store(gw, client, party):
@@ -437,3 +440,45 @@ def test_soap_bundles_on_either_store(gw, client, party):
     assert schema().validate(bundle), schema().error_log
     assert [bundle.findtext(q(n)) for n in ("Vehicle", "Driver", "Ccrn")] == ["AB1234", driver.party_id, ccrn]
     assert consignments.get(gw, filer, ccrn)["status"] == "BUNDLED"
+
+
+def test_a_soap_request_the_database_undid_in_a_deadlock_is_told_so_and_can_be_sent_again(gw, client, party):
+    """Bundling locks its consignments in CCRN order. A transaction that holds the second and then wants
+    the first deadlocks with it, and PostgreSQL undoes the bundling: the SOAP fault says so, with
+    Retry-After, nothing of it is kept, and the same request again goes through."""
+    if gw.engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's row locks (SQLite takes one writer at a time)")
+    filer, _key = party.add(role="forwarder", name="SOAP Freight")
+    first, second = sorted(
+        str(consignments.lodge(gw, filer, record(submitter_reference=f"CMR-{i}")).view["ccrn"])
+        for i in (1, 2)
+    )
+    driver, driver_key = party.add(role="driver", name="Driver")
+    request = (
+        f'<BundleVehicle xmlns="{ECI}"><Vehicle>AB1234</Vehicle><ControlPoint>LMC</ControlPoint>'
+        f"<Ccrn>{first}</Ccrn><Ccrn>{second}</Ccrn></BundleVehicle>"
+    ).encode()
+    answer: list[Any] = []
+    lock = "SELECT 1 FROM consignments WHERE ccrn = :c FOR UPDATE"
+    with gw.engine.connect() as other:
+        other.execute(text("SET deadlock_timeout = '30s'"))  # the bundling's side is the one undone
+        other.execute(text(lock), {"c": second})
+        bundling = threading.Thread(
+            target=lambda: answer.append(soap_post(client, driver, driver_key, request))
+        )
+        bundling.start()
+        wait_for_a_lock_wait(gw, "the bundling")  # the bundling holds the first and waits for the second
+        other.execute(text(lock), {"c": first})
+        bundling.join(timeout=30)
+        other.rollback()
+    (response,) = answer
+    assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+    fault = parse_xml(response.content, 10**8).find(f"{{{SOAP}}}Body")[0]
+    assert fault.findtext("faultcode") == "soap:Server"
+    (error,) = fault.iter(q("Error"))
+    assert error.get("code") == "UNAVAILABLE", etree.tostring(fault)
+    assert "collided" in error.get("message", ""), etree.tostring(fault)
+    assert {consignments.get(gw, filer, c)["status"] for c in (first, second)} == {"LODGED"}
+    bundle = soap_call(client, driver, driver_key, request)
+    assert [c.text for c in bundle.iter(q("Ccrn"))] == [first, second]
+    assert {consignments.get(gw, filer, c)["status"] for c in (first, second)} == {"BUNDLED"}
