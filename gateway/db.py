@@ -140,6 +140,15 @@ def unavailable(exc: OperationalError) -> Unavailable:
 # ``--no-background`` and no ``roadcargo worker``) still bounds its log.
 WAL_SAFETY_NET = 10_000
 CHECKPOINT_EVERY = 0.5
+# The log starts again from its beginning only when a writer begins with all of it in the database file.
+# A checkpoint outside the writers' turn leaves the frames written while it ran (a 20 ms copy at kiosk
+# rates: ten writers), so under a steady stream of writers that moment never came: the log grew by 28
+# pages a kiosk decision to the safety net, every copy of it took longer, and the writer that met the
+# safety net held every other write up for 25-40 ms, every 0.75 s at 500 decisions a second (bench/
+# RESULTS.md, session 11). So once the log is past ``RESTART_PAGES``, the checkpoint copies the bulk
+# outside the writers' turn and then the few frames written meanwhile inside it, writing nothing: the
+# next writer finds the whole log copied and starts it again from its beginning.
+RESTART_PAGES = 1_000
 
 
 def _sqlite_file(url: URL) -> bool:
@@ -153,21 +162,31 @@ def checkpoint_wanted(engine: Engine) -> bool:
 
 
 def checkpoint(engine: Engine) -> tuple[int, int, int] | None:
-    """Copy what SQLite's write-ahead log holds back into the database file, without waiting for a
-    writer or making one wait (a PASSIVE checkpoint: pages a reader still needs are copied next time):
-    SQLite's (busy, pages in the log, pages copied); None for a database with no such log (PostgreSQL,
-    an in-memory SQLite)."""
+    """Copy what SQLite's write-ahead log holds back into the database file without waiting for a
+    writer (a PASSIVE checkpoint: pages a reader still needs are copied next time), and, once the log
+    is past ``RESTART_PAGES``, what was written meanwhile in the writers' turn (they wait for that
+    copy, a few milliseconds): SQLite's (busy, pages in the log, pages copied) of the last copy; None
+    for a database with no such log (PostgreSQL, an in-memory SQLite)."""
     if not checkpoint_wanted(engine):
         return None
+    done = _passive(engine)
+    busy, logged, copied = done
+    if not busy and copied == logged >= RESTART_PAGES:  # (a reader still on older pages: next time)
+        with engine.begin():  # the writers' turn, taken and given back without writing: no writer
+            done = _passive(engine)  # between this copy and the next writer, who starts the log again
+    return done
+
+
+def _passive(engine: Engine) -> tuple[int, int, int]:
     raw = engine.raw_connection()  # autocommit (isolation_level None): no BEGIN, no lock of ours
     try:
         cursor = raw.cursor()
         cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        row = cursor.fetchone()
+        busy, logged, copied = cursor.fetchone() or (1, -1, -1)  # (one row, always)
         cursor.close()
     finally:
         raw.close()
-    return (int(row[0]), int(row[1]), int(row[2])) if row is not None else None
+    return (int(busy), int(logged), int(copied))
 
 
 def _sqlite_pragmas(engine: Engine, path: str | None = None) -> None:
