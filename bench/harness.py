@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +142,7 @@ class Run:
     latencies: list[float] = field(default_factory=list)
     elapsed: float = 0.0
     due: list[float] = field(default_factory=list)
+    wall_start: float = 0.0  # time.time() when the timed phase started, to match a stall to server logs
 
     def timeline(self, path: Path, over_ms: float, window: float = 0.5) -> str:
         """Write every request's due time and latency to ``path`` (JSON: ``[[due s, latency s], ...]``)
@@ -150,12 +151,14 @@ class Run:
         pairs = sorted(zip(self.due, self.latencies, strict=True))
         path.write_text(json.dumps([[round(d, 6), round(x, 6)] for d, x in pairs]))
         slow = collections.Counter(int(d / window) for d, x in pairs if x * 1000 > over_ms)
+        began = datetime.fromtimestamp(self.wall_start, UTC).strftime("%H:%M:%S.%f")[:-3]
         if not slow:
-            return f"timeline {path}: no request over {over_ms:g} ms"
+            return f"timeline {path} (0 s = {began} UTC): no request over {over_ms:g} ms"
         worst = ", ".join(f"{k * window:.1f}-{(k + 1) * window:.1f} s: {n}" for k, n in slow.most_common(4))
         spread = len(slow) * window
         return (
-            f"timeline {path}: {sum(slow.values())} requests over {over_ms:g} ms, in {spread:g} s of "
+            f"timeline {path} (0 s = {began} UTC): {sum(slow.values())} requests over {over_ms:g} ms, in "
+            f"{spread:g} s of "
             f"{self.elapsed:.1f}; most in {worst}"
         )
 
@@ -227,10 +230,10 @@ async def drive_paced(
             due += interval
         return out
 
-    started = time.perf_counter()
+    started, wall_start = time.perf_counter(), time.time()
     each = await asyncio.gather(*(one(i, c, w) for i, (c, w) in enumerate(zip(clients, work, strict=True))))
     pairs = [pair for pairs in each for pair in pairs]
-    return Run([x for _d, x in pairs], time.perf_counter() - started, [d for d, _x in pairs])
+    return Run([x for _d, x in pairs], time.perf_counter() - started, [d for d, _x in pairs], wall_start)
 
 
 async def timed(
