@@ -702,6 +702,24 @@ def _reschedule(conn: Connection, gw: Gateway, row: Any, candidate: datetime) ->
     conn.execute(update(_B).where(_B.c.bundle_id == row.bundle_id).values(**values))
 
 
+def lock(conn: Connection, bundle_id: str) -> None:
+    """Lock a bundle's row before any of its consignments' (PostgreSQL). Every transaction that locks
+    both does it in this order: the kiosk, bundling, unbundling and adding or removing CCRNs lock the
+    bundle first, and so do an amendment, a cancellation, an expiry and an inspection's release, which
+    start from a consignment (``consignments``, ``clearance``). Two of them then wait for each other
+    instead of deadlocking, which PostgreSQL ends by undoing one after a second: a truck at the kiosk
+    sent to a manual lane, or a filer told to send again."""
+    conn.execute(select(_B.c.bundle_id).where(_B.c.bundle_id == bundle_id).with_for_update())
+
+
+def lock_free(conn: Connection, bundle_ids: Sequence[str]) -> list[str]:
+    """Lock those of these bundles' rows that no other transaction holds, and say which (``lock``)."""
+    if not bundle_ids:
+        return []
+    query = select(_B.c.bundle_id).where(_B.c.bundle_id.in_(bundle_ids)).order_by(_B.c.bundle_id)
+    return list(conn.scalars(query.with_for_update(skip_locked=True)))
+
+
 def on_amended(conn: Connection, gw: Gateway, consignment: Any, record: Any) -> None:
     """A content-changing amendment of a bundled consignment restarts the lead time of its bundle; it
     may not take the consignment out of the bundle's direction or control point."""

@@ -1184,13 +1184,13 @@ def close_inspection(
                 "INVALID_STATE", f"inspection {case.inspection_id} is already {case.status}", "inspection_id"
             )
         ccrns = json.loads(case.ccrns)
-        members = list(
-            conn.execute(select(_C).where(_C.c.ccrn.in_(ccrns)).order_by(_C.c.ccrn).with_for_update())
-        )
-        bundle = (
+        bundle = (  # the bundle's row before its consignments' (bundles.lock)
             conn.execute(select(_B).where(_B.c.bundle_id == case.bundle_id).with_for_update()).first()
             if case.bundle_id
             else None
+        )
+        members = list(
+            conn.execute(select(_C).where(_C.c.ccrn.in_(ccrns)).order_by(_C.c.ccrn).with_for_update())
         )
         _findings_offences(conn, gw, actor, case, members, bundle, findings)
         elock = None

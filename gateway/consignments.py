@@ -449,7 +449,11 @@ def _load_for(conn: Connection, actor: Actor, ccrn_text: Any, lock: bool = False
     query = select(_C).where(_C.c.ccrn == ccrn)
     if not actor.is_officer:
         query = query.where(_C.c.filer_id == actor.party_id)
-    row = conn.execute(query.with_for_update() if lock else query).first()
+    row = conn.execute(query).first()
+    if row is not None and lock:
+        if row.bundle_id is not None:  # its bundle's row first (bundles.lock); a consignment bundled
+            bundles.lock(conn, row.bundle_id)  # between these two reads locks its bundle after itself
+        row = conn.execute(query.with_for_update()).first()
     if row is None:
         raise GatewayError.one("NOT_FOUND", f"no consignment {ccrn}", "ccrn")
     return row
@@ -618,13 +622,21 @@ def list_consignments(
 def expire_due(gw: Gateway, batch: int = 500) -> int:
     """Mark live consignments not crossed in time as EXPIRED; returns how many. Run periodically."""
     cutoff: datetime = gw.now() - timedelta(days=gw.config.rules.consignment_expiry_days)
+    due = (_C.c.status.in_(LIVE), _C.c.crossing_to <= cutoff)
     done = 0
     while True:
         with gw.engine.begin() as conn:
+            # Bundles' rows before their consignments' (bundles.lock); rows another transaction holds
+            # (a kiosk deciding on the truck, another worker) are left for the next round.
+            seen = conn.execute(select(_C.c.ccrn, _C.c.bundle_id).where(*due).limit(batch)).all()
+            held = bundles.lock_free(conn, sorted({r.bundle_id for r in seen if r.bundle_id is not None}))
             rows = conn.execute(
                 select(_C)
-                .where(_C.c.status.in_(LIVE), _C.c.crossing_to <= cutoff)
-                .limit(batch)
+                .where(
+                    _C.c.ccrn.in_([r.ccrn for r in seen]),
+                    *due,
+                    _C.c.bundle_id.is_(None) | _C.c.bundle_id.in_(held),
+                )
                 .with_for_update(skip_locked=True)
             ).all()
             for row in rows:

@@ -1,10 +1,14 @@
 """Bundling over the JSON API (design section 9)."""
 
+import threading
+from typing import Any
+
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 
 from gateway.app import create_app
-from tests.factories import record
+from tests.factories import record, wait_for_a_lock_wait
 
 
 @pytest.fixture
@@ -173,3 +177,58 @@ def test_every_bundle_request_is_kept_raw_once_whatever_its_answer(client, gw, p
     # The next request of the same thread carries nothing of this one.
     r = client.get("/api/v1/bundles/B0000000000", headers=bearer(driver_key))
     assert raw_messages(gw, driver.party_id) == [sent]
+
+
+@pytest.mark.parametrize("change", ["amend", "cancel"])
+def test_a_filers_change_waits_for_a_driver_holding_the_bundle_instead_of_deadlocking(
+    change, client, gw, party
+):
+    """A driver's change of a bundle (removing a CCRN, unbundling, as the kiosk's decision) locks the
+    bundle, then its consignments. The filer's amendment or cancellation of a bundled consignment locks
+    them in the same order: while the driver's transaction holds the bundle, the filer's waits without
+    holding the consignment, the driver's takes it and finishes, and then the filer's goes through. In the
+    other order the two deadlocked and PostgreSQL undid one of them."""
+    if gw.engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's row locks (SQLite takes one writer at a time)")
+    _f, filer_key = party.add(name="Forwarder")
+    _d, driver_key = party.add(role="driver", name="Driver")
+    (ccrn,) = lodge(client, filer_key, 1)
+    made = client.post(
+        "/api/v1/bundles",
+        json={"vehicle": "AB1234", "control_point": "LMC", "ccrns": [ccrn]},
+        headers=bearer(driver_key),
+    ).json()
+    changed = record(submitter_reference="R0")
+    changed["items"][0]["description"] = "wooden toy building blocks"
+    answer: list[Any] = []
+
+    def filer() -> None:
+        path, auth = f"/api/v1/consignments/{ccrn}", bearer(filer_key)
+        if change == "amend":
+            answer.append(client.put(path, json=changed, headers=auth))
+        else:
+            answer.append(client.delete(path, headers=auth))
+
+    with gw.engine.connect() as driver:
+        driver.execute(text("SET deadlock_timeout = '30s'"))  # in a deadlock, the filer's side undone
+        driver.execute(
+            text("SELECT 1 FROM bundles WHERE bundle_id = :b FOR UPDATE"), {"b": made["bundle_id"]}
+        )
+        thread = threading.Thread(target=filer)
+        thread.start()
+        wait_for_a_lock_wait(gw, f"the filer's {change}")
+        # The filer's change holds nothing the driver's wants (in the other order it held the
+        # consignment here, and then retried its whole batch after PostgreSQL undid it in a deadlock).
+        driver.execute(text("SELECT 1 FROM consignments WHERE ccrn = :c FOR UPDATE NOWAIT"), {"c": ccrn})
+        assert not answer  # the filer's change is still waiting
+        driver.rollback()
+    thread.join(timeout=30)
+    (r,) = answer
+    assert r.status_code == 200, r.text
+    seen = client.get(f"/api/v1/consignments/{ccrn}", headers=bearer(filer_key)).json()
+    if change == "amend":
+        assert (seen["version"], seen["status"]) == (2, "BUNDLED")
+    else:
+        assert seen["status"] == "CANCELLED"
+        gone = client.get(f"/api/v1/bundles/{made['bundle_id']}", headers=bearer(driver_key)).json()
+        assert gone["status"] == "UNBUNDLED" and gone["ccrns"] == []

@@ -515,39 +515,70 @@ def test_done_when_story_over_http(b, gw, client, party, clock):
     )
 
 
-def test_an_officer_whose_release_collides_with_another_change_is_told_so_and_can_retry(b, gw, client):
-    """The release of an inspection locks its consignments, then the bundle. Another transaction that
-    holds the bundle and then wants the consignments deadlocks with it; PostgreSQL undoes the release.
-    The officer is told that, not that the database is down; nothing of the release is kept, and the same
-    request again goes through."""
+def _inspected(b: Any, gw: Any, client: Any) -> tuple[str, str, str]:
+    """A bundled consignment of a profiled HS code, sent to inspection by the kiosk: its CCRN, its
+    bundle and the inspection's release path (PostgreSQL, whose row locks the callers test)."""
     if gw.engine.dialect.name != "postgresql":
         pytest.skip("PostgreSQL's row locks (SQLite takes one writer at a time)")
     risk_admin.create_profile(gw, b.officer, TOBACCO)
     ccrn = b.lodge(items=cigarettes("SMOKES")["items"])
     bundle_id = b.bundle([ccrn])["bundle_id"]
     b.wait_lead_time()
-    officer = bearer(b.officer_key)
     kiosk = client.post("/api/v1/kiosk/clearances", json=b.arrive(), headers=bearer(b.kiosk_key))
     assert kiosk.json()["decision"] == "INSPECT", kiosk.text
-    (case,) = client.get("/api/v1/inspections", headers=officer).json()["inspections"]
-    release = f"/api/v1/inspections/{case['inspection_id']}/release"
+    (case,) = client.get("/api/v1/inspections", headers=bearer(b.officer_key)).json()["inspections"]
+    return ccrn, bundle_id, f"/api/v1/inspections/{case['inspection_id']}/release"
+
+
+def test_an_officer_release_waits_for_a_kiosk_holding_the_bundle_instead_of_deadlocking(b, gw, client):
+    """The release of an inspection locks the bundle before its consignments, as the kiosk does (the
+    bundle, then its members): while another transaction holds the bundle, the release waits without
+    holding a consignment, so that transaction can still take the consignments and finish, and then the
+    release goes through. In the other order the two deadlocked and PostgreSQL undid one of them."""
+    ccrn, bundle_id, release = _inspected(b, gw, client)
+    officer = bearer(b.officer_key)
     answer: list[Any] = []
     with gw.engine.connect() as other:
-        other.execute(sql("SET deadlock_timeout = '30s'"))  # the release's side is the one undone
+        other.execute(sql("SET deadlock_timeout = '30s'"))  # in a deadlock, the release's side undone
         other.execute(sql("SELECT 1 FROM bundles WHERE bundle_id = :b FOR UPDATE"), {"b": bundle_id})
         officer_thread = threading.Thread(target=lambda: answer.append(client.post(release, headers=officer)))
         officer_thread.start()
-        wait_for_a_lock_wait(gw, "the release")  # the release holds the consignment and waits for the bundle
+        wait_for_a_lock_wait(gw, "the release")  # the release waits for the bundle
         other.execute(sql("SELECT 1 FROM consignments WHERE ccrn = :c FOR UPDATE"), {"c": ccrn})
+        assert not answer  # the release is still waiting
+        other.rollback()
+    officer_thread.join(timeout=30)
+    (r,) = answer
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "RELEASED"
+    assert (
+        client.get(f"/api/v1/consignments/{ccrn}", headers=bearer(b.filer_key)).json()["status"] == "CROSSED"
+    )
+
+
+def test_an_officer_whose_release_collides_with_another_change_is_told_so_and_can_retry(b, gw, client):
+    """A transaction that holds a consignment and then wants its bundle (none of the gateway's: they all
+    lock the bundle first) deadlocks with the release of its inspection; PostgreSQL undoes the release.
+    The officer is told that, not that the database is down; nothing of the release is kept, and the same
+    request again goes through."""
+    ccrn, bundle_id, release = _inspected(b, gw, client)
+    officer = bearer(b.officer_key)
+    answer: list[Any] = []
+    with gw.engine.connect() as other:
+        other.execute(sql("SET deadlock_timeout = '30s'"))  # the release's side is the one undone
+        other.execute(sql("SELECT 1 FROM consignments WHERE ccrn = :c FOR UPDATE"), {"c": ccrn})
+        officer_thread = threading.Thread(target=lambda: answer.append(client.post(release, headers=officer)))
+        officer_thread.start()
+        wait_for_a_lock_wait(gw, "the release")  # the release holds the bundle and waits for the consignment
+        other.execute(sql("SELECT 1 FROM bundles WHERE bundle_id = :b FOR UPDATE"), {"b": bundle_id})
         officer_thread.join(timeout=30)
         other.rollback()
     (r,) = answer
     assert r.status_code == 503 and r.headers["Retry-After"] == "1"
     (error,) = r.json()["errors"]
     assert error["code"] == "UNAVAILABLE" and "collided" in error["message"], error
-    assert (
-        client.get(f"/api/v1/inspections/{case['inspection_id']}", headers=officer).json()["status"] == "OPEN"
-    )
+    inspection = release.removesuffix("/release")
+    assert client.get(inspection, headers=officer).json()["status"] == "OPEN"
     assert client.post(release, headers=officer).status_code == 200
     assert (
         client.get(f"/api/v1/consignments/{ccrn}", headers=bearer(b.filer_key)).json()["status"] == "CROSSED"

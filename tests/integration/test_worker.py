@@ -17,9 +17,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
-from gateway import consignments, db, tables, worker
+from gateway import bundles, consignments, db, tables, worker
 from gateway.clock import HONG_KONG
 from tests.e2e.conftest import ROADCARGO, free_port
 from tests.factories import record
@@ -134,6 +134,45 @@ def test_sqlite_log_starts_again_under_a_steady_stream_of_writers(gw, party, mon
     written = lodged[0] * pages_a_lodge
     assert lodged[0] >= 40, "the writer did not keep writing"
     assert max(logs) < written / 4, f"the log grew to {max(logs)} pages of {written:.0f} written: {logs}"
+
+
+def test_expiry_leaves_a_consignment_whose_bundle_is_held_to_the_next_round(gw, party):
+    """The expiry sweep locks a bundle before its consignments, like every other writer, and skips one
+    another transaction holds (a kiosk deciding on the truck): it neither waits for it nor holds the
+    consignment meanwhile, which deadlocked with that transaction, and expires it in a later round."""
+    if gw.engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's row locks (SQLite takes one writer at a time)")
+    filer, _key = party.add()
+    driver, _dkey = party.add(role="driver")
+    loose, bundled = (
+        consignments.lodge(gw, filer, record(submitter_reference=f"EXP-{i}")).view["ccrn"] for i in range(2)
+    )
+    made = bundles.bundle(gw, driver, "AB1234", "LMC", [bundled])
+    gw.clock.advance(timedelta(days=gw.config.rules.consignment_expiry_days + 2))
+    swept: list[int] = []
+    with gw.engine.connect() as kiosk:
+        kiosk.execute(text("SELECT 1 FROM bundles WHERE bundle_id = :b FOR UPDATE"), {"b": made["bundle_id"]})
+        sweep = threading.Thread(target=lambda: swept.append(consignments.expire_due(gw)))
+        sweep.start()
+        sweep.join(10)
+        waited = sweep.is_alive()
+        if not waited:  # and it holds nothing the kiosk's transaction wants
+            kiosk.execute(
+                text("SELECT 1 FROM consignments WHERE ccrn = :c FOR UPDATE NOWAIT"), {"c": bundled}
+            )
+        kiosk.rollback()
+    sweep.join(10)
+    assert not waited, "the sweep waited for the bundle the kiosk held"
+    assert swept == [1]
+    assert (_status(gw, loose), _status(gw, bundled)) == ("EXPIRED", "BUNDLED")
+    assert consignments.expire_due(gw) == 1
+    assert _status(gw, bundled) == "EXPIRED"
+    assert bundles.get(gw, driver, made["bundle_id"])["status"] == "UNBUNDLED"
+
+
+def _status(gw, ccrn):
+    with gw.engine.connect() as conn:
+        return conn.scalar(select(tables.consignments.c.status).where(tables.consignments.c.ccrn == ccrn))
 
 
 def test_two_workers_expire_each_consignment_once(gw, party):
