@@ -29,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from gateway import consignments, parties, tables
 from gateway.consignments import require_filer
 from gateway.context import Actor, Gateway, store_raw_stream
-from gateway.errors import GatewayError, Problem
+from gateway.errors import GatewayError, Problem, Unavailable
 from mappings.edifact import reading, syntax
 from mappings.edifact.cuscar import Consignment
 from mappings.edifact.replies import (
@@ -342,7 +342,7 @@ def _claim(gw: Gateway, actor: Actor, to: Addressee, digest: str, raw_id: int) -
         if row.status == "PROCESSING":
             return int(row.interchange_id)  # a run that did not finish: its actions are idempotent
         return _stored(gw, row)
-    raise GatewayError.one("UNAVAILABLE", "the interchange reference is being claimed concurrently; retry")
+    raise Unavailable("the interchange reference is being claimed concurrently; retry", 1)
 
 
 def _stored(gw: Gateway, row: Any) -> IngestResult:
@@ -469,9 +469,7 @@ class _Run:
         except reading.ReaderFailed as exc:
             self._flush()  # keep what was read: a rerun goes on from there, creating nothing twice
             log.error("interchange %s: %s", self.interchange_id, exc)
-            raise GatewayError.one(
-                "UNAVAILABLE", "the interchange could not be read to its end; send it again"
-            ) from None
+            raise Unavailable("the interchange could not be read to its end; send it again", 1) from None
         self._flush()
         if fault is None and not self.reports:
             fault = Fault(LOWER_LEVEL_EMPTY, segment_tag="UNZ")

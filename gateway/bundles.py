@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway import advance_notices, risk, slots, tables
 from gateway.context import Actor, Gateway, audit, audit_values, iso_hk
-from gateway.errors import GatewayError, Problem
+from gateway.errors import GatewayError, Problem, Unavailable
 from gateway.identifiers import ccrn_problem, normalise_vrn, vrn_problem
 from gateway.parties import require_active
 from gateway.prepared import Prepared, pipeline
@@ -480,7 +480,7 @@ def bundle_outcome(
                         "vehicle",
                     ) from None
             continue  # the bundle id was drawn twice
-    raise GatewayError.one("UNAVAILABLE", "could not create the bundle now; retry")
+    raise Unavailable("could not create the bundle now; nothing was accepted, retry", 1)
 
 
 def _profile(

@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from gateway import bundles, risk, tables
 from gateway.clock import HONG_KONG
 from gateway.context import FILER_ROLES, SYSTEM, Actor, Gateway, audit, audit_values, iso_hk
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, Unavailable
 from gateway.identifiers import new_ccrn, parse_ccrn
 from gateway.parties import require_active
 from gateway.record import CargoRecord, validate_record
@@ -368,7 +368,7 @@ def _apply(
                     "submitter_reference",
                 )
             continue
-    return GatewayError.one("UNAVAILABLE", "the store is too busy to lodge now; retry")
+    return Unavailable("the store is too busy to lodge now; nothing was accepted, retry", 1)
 
 
 def _lodge_in(

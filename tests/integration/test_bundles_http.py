@@ -7,6 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
+from gateway import bundles
 from gateway.app import create_app
 from tests.factories import record, wait_for_a_lock_wait
 
@@ -232,3 +233,35 @@ def test_a_filers_change_waits_for_a_driver_holding_the_bundle_instead_of_deadlo
         assert seen["status"] == "CANCELLED"
         gone = client.get(f"/api/v1/bundles/{made['bundle_id']}", headers=bearer(driver_key)).json()
         assert gone["status"] == "UNBUNDLED" and gone["ccrns"] == []
+
+
+def test_a_bundle_id_drawn_taken_every_time_is_answered_503_with_retry_after(client, party, monkeypatch):
+    """Should every bundle id drawn be taken already (five draws), the driver is told to send the same
+    request again after Retry-After, with nothing accepted: the consignments stay unbundled."""
+    _f, filer_key = party.add(name="Forwarder")
+    _d, driver_key = party.add(role="driver", name="Driver")
+    first, second = lodge(client, filer_key, 2)
+    taken = client.post(
+        "/api/v1/bundles",
+        json={"vehicle": "AB1234", "control_point": "LMC", "ccrns": [first]},
+        headers=bearer(driver_key),
+    ).json()["bundle_id"]
+    monkeypatch.setattr(bundles, "_new_bundle_id", lambda: taken)
+    r = client.post(
+        "/api/v1/bundles",
+        json={"vehicle": "CD5678", "control_point": "LMC", "ccrns": [second]},
+        headers=bearer(driver_key),
+    )
+    assert r.status_code == 503 and r.headers["Retry-After"] == "1", r.text
+    (error,) = r.json()["errors"]
+    assert error["code"] == "UNAVAILABLE" and "nothing was accepted" in error["message"]
+    assert (
+        client.get(f"/api/v1/consignments/{second}", headers=bearer(filer_key)).json()["status"] == "LODGED"
+    )
+    monkeypatch.undo()
+    again = client.post(
+        "/api/v1/bundles",
+        json={"vehicle": "CD5678", "control_point": "LMC", "ccrns": [second]},
+        headers=bearer(driver_key),
+    )
+    assert again.status_code == 201, again.text
