@@ -23,6 +23,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from lxml import etree
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.concurrency import run_in_threadpool
 
 from adapters import xml_channel
@@ -148,7 +149,7 @@ def handle(gw: Gateway, body: bytes) -> tuple[etree._Element, list[ConsignmentRe
         fault = SoapFault.of(exc)
         fault.headers = dict(getattr(exc, "headers", {}))
         raise fault from None
-    except OperationalError as exc:
+    except (OperationalError, PoolTimeout) as exc:
         error = db.unavailable(exc)
         fault = SoapFault.of(error)
         fault.headers = error.headers

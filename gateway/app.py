@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette._utils import get_route_path
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import URLPath
@@ -304,6 +305,11 @@ def create_app(gw: Gateway) -> FastAPI:
             exc.status_code, "INVALID_VALUE"
         )
         return _error_response(GatewayError.one(code, str(exc.detail)))
+
+    @app.exception_handler(PoolTimeout)
+    async def _pool_busy(_request: Request, exc: PoolTimeout) -> JSONResponse:
+        error = db.unavailable(exc)
+        return _error_response(error, error.headers)
 
     @app.exception_handler(OperationalError)
     async def _db_down(_request: Request, exc: OperationalError) -> JSONResponse:

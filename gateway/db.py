@@ -22,6 +22,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from gateway import prepared
 from gateway.errors import Unavailable
@@ -31,16 +32,29 @@ def default_url(data_dir: str | Path) -> str:
     return f"sqlite:///{Path(data_dir) / 'gateway.db'}"
 
 
-def make_engine(url: str) -> Engine:
+# Connections a process may hold at once: its eight database threads, eight kiosk decisions on the event
+# loop, sixteen service threads (adapters.http_api) and the background work's few threads. Past that a
+# request waits for one (``POOL_WAIT`` seconds at most) and is then answered 503 UNAVAILABLE; with fewer
+# than that (twenty kept and ten more, before), a busy process could make its event loop wait.
+POOL_KEPT = 20
+POOL_MOST = 40
+POOL_WAIT = 30.0
+
+
+def make_engine(url: str, pool_wait: float = POOL_WAIT) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         on_disk = _sqlite_file(parsed)
         if on_disk:
             Path(parsed.database or "").parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(
+            url,
+            connect_args={"timeout": 30, "check_same_thread": False},
+            **({"pool_size": 5, "max_overflow": POOL_MOST - 5, "pool_timeout": pool_wait} if on_disk else {}),
+        )
         _sqlite_pragmas(engine, parsed.database if on_disk else None)
         return engine
-    engine = create_engine(url, **_server_engine_options(parsed.query))
+    engine = create_engine(url, **_server_engine_options(parsed.query), pool_timeout=pool_wait)
     if engine.dialect.driver == "psycopg":
         _quiet_socket_ping(engine)
         prepared.attach(engine)  # its pipeline blocks keep their statements in order
@@ -56,10 +70,10 @@ def make_engine(url: str) -> Engine:
 # came during the COMMIT itself: a retry tells). Connecting gives
 # up after CONNECT_TIMEOUT seconds instead of hanging, and TCP keepalives notice a server that vanished
 # without closing its connections (a failover to another machine). The URL's own query parameters win.
-# Twenty connections are kept open, as many as a process's request threads use at once (sixteen service
-# and eight database threads, adapters.http_api, plus the background work's, rarely all busy): a pool
-# smaller than that closes the extra connections as they come back and opens new ones for the next
-# requests, each a new PostgreSQL backend that has lost the statements gateway.prepared prepared on it.
+# Twenty connections are kept open (``POOL_KEPT``), as many as a process's requests use at once but in
+# bursts, and up to ``POOL_MOST`` opened: a pool that kept fewer would close the extra connections as they
+# come back and open new ones for the next requests, each a new PostgreSQL backend that has lost the
+# statements gateway.prepared prepared on it.
 CONNECT_TIMEOUT = 10
 _KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
 
@@ -75,9 +89,8 @@ def _server_engine_options(query: Any) -> dict[str, Any]:
     connect_args["prepare_threshold"] = None
     return {
         "pool_pre_ping": True,
-        "pool_size": 20,
-        "max_overflow": 10,
-        "pool_timeout": 30,
+        "pool_size": POOL_KEPT,
+        "max_overflow": POOL_MOST - POOL_KEPT,
         "connect_args": connect_args,
     }
 
@@ -116,9 +129,15 @@ log = logging.getLogger("roadcargo.db")
 _COLLISIONS = frozenset({"40P01", "40001"})
 
 
-def unavailable(exc: OperationalError) -> Unavailable:
-    """What every channel answers a request the database failed (``OperationalError``): UNAVAILABLE,
-    nothing accepted, retry; soon when another change collided with it, later when the database is away."""
+def unavailable(exc: OperationalError | PoolTimeout) -> Unavailable:
+    """What every channel answers a request the database failed (``OperationalError``) or that found
+    every connection of the process in use (``PoolTimeout``): UNAVAILABLE, nothing accepted, retry; soon
+    when another change collided with it or the connections were busy, later when the database is away."""
+    if isinstance(exc, PoolTimeout):
+        log.warning("request refused: all %d database connections of the process stayed in use", POOL_MOST)
+        return Unavailable(
+            "the gateway is too busy to reach its database now; nothing was accepted, retry", 1
+        )
     if getattr(exc.orig, "sqlstate", None) in _COLLISIONS:
         log.warning("request undone by the database, in a collision: %s", exc.orig)
         return Unavailable(

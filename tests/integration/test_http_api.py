@@ -254,3 +254,29 @@ def test_amending_to_another_live_reference_is_duplicate_reference(client, forwa
     r = client.put(f"/api/v1/consignments/{ccrn_b}", json=record(submitter_reference="A"), headers=auth)
     assert r.status_code == 409 and errors(r) == [("DUPLICATE_REFERENCE", "submitter_reference")]
     assert client.get(f"/api/v1/consignments/{ccrn_b}", headers=auth).json()["submitter_reference"] == "B"
+
+
+def test_a_process_with_every_database_connection_in_use_answers_503_with_retry_after(gw, db_url, forwarder):
+    """A process whose connections are all held (``db.POOL_MOST``: its threads, kiosk decisions and
+    background work at once) makes the next request wait for one, at most ``pool_wait``, and then answers
+    503 UNAVAILABLE with Retry-After, not a 500; once one is free, the same request goes through."""
+    from gateway import db
+    from gateway.context import Gateway
+
+    busy = Gateway(db.make_engine(db_url, pool_wait=0.2), gw.config, gw.clock)
+    _actor, auth = forwarder
+    held = []
+    try:
+        with TestClient(create_app(busy), raise_server_exceptions=False) as c:
+            held = [busy.engine.connect() for _ in range(db.POOL_MOST)]
+            r = c.post("/api/v1/consignments", json=record(), headers=auth)
+            assert r.status_code == 503 and r.headers["Retry-After"] == "1", r.text
+            (error,) = r.json()["errors"]
+            assert error["code"] == "UNAVAILABLE" and "too busy" in error["message"]
+            assert count(gw, tables.consignments) == 0
+            held.pop().close()
+            assert c.post("/api/v1/consignments", json=record(), headers=auth).status_code == 201
+    finally:
+        for conn in held:
+            conn.close()
+        busy.engine.dispose()
