@@ -209,11 +209,14 @@ def confirm_arrival(gw: Gateway, actor: Actor, ccrn: Any, data: Any) -> dict[str
         raise GatewayError(problems)
     assert isinstance(elock, str) and isinstance(intact, bool)
     with gw.engine.begin() as conn:
+        # The consignment's row before its transhipment's, as a kiosk decision that records an e-lock
+        # locks them (its bundle, the consignments, then the transhipment): in the other order the two
+        # could deadlock.
+        consignment = conn.execute(select(_C).where(_C.c.ccrn == key).with_for_update()).first()
         row = conn.execute(select(_X).where(_X.c.ccrn == key).with_for_update()).first()
-        if row is None:
+        if row is None or consignment is None:
             raise GatewayError.one("NOT_FOUND", f"no transhipment {key} on its way", "ccrn")
         _require_second_point(conn, actor, row)
-        consignment = conn.execute(select(_C).where(_C.c.ccrn == key).with_for_update()).one()
         if row.status == "CONFIRMED" and intact and elock.strip() == row.elock_id:
             return {**_view(row), "inspection": False}
         if row.status != "IN_TRANSIT" or consignment.status != "CROSSED":

@@ -1,14 +1,17 @@
 """Intermodal transhipment both ways (design section 5), over the JSON API where partners use it."""
 
+import threading
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from gateway import clearance, risk_admin, tables
 from gateway.app import create_app
 from tests.border_support import border
+from tests.factories import wait_for_a_lock_wait
 
 EXPIRES = "2026-12-09T00:00:00+08:00"
 
@@ -269,3 +272,42 @@ def test_overdue_arrivals_are_listed_for_officers(b, gw, client, clock, airport)
         headers=bearer(agency_key),
     )
     assert client.get(url, headers=bearer(b.officer_key)).json() == {"transhipments": []}
+
+
+def test_an_arrival_waits_for_a_transaction_holding_the_consignment_holding_nothing_itself(
+    b, gw, client, airport
+):
+    """Confirming an arrival locks the consignment, then its transhipment, as a kiosk decision that
+    records an e-lock does (the consignments, then their transhipments): while another transaction holds
+    the consignment, the confirmation waits without holding the transhipment, the other can take it and
+    finish, and the confirmation then goes through. In the other order the two could deadlock."""
+    if gw.engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's row locks (SQLite takes one writer at a time)")
+    _agency, agency_key = airport
+    ccrn = land_to_air(b)
+    b.bundle([ccrn])
+    b.wait_lead_time()
+    assert clearance.decide(gw, b.kiosk, b.arrive(elock_id="EL-0001"))["decision"] == "RELEASE"
+    answer: list[Any] = []
+
+    def confirm() -> None:
+        answer.append(
+            client.post(
+                f"/api/v1/transhipments/{ccrn}/arrival",
+                json={"elock_id": "EL-0001", "intact": True},
+                headers=bearer(agency_key),
+            )
+        )
+
+    with gw.engine.connect() as other:
+        other.execute(text("SELECT 1 FROM consignments WHERE ccrn = :c FOR UPDATE"), {"c": ccrn})
+        thread = threading.Thread(target=confirm)
+        thread.start()
+        wait_for_a_lock_wait(gw, "the confirmation")
+        other.execute(text("SELECT 1 FROM transhipments WHERE ccrn = :c FOR UPDATE NOWAIT"), {"c": ccrn})
+        assert not answer  # still waiting
+        other.rollback()
+    thread.join(timeout=30)
+    (r,) = answer
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "CONFIRMED" and r.json()["inspection"] is False
