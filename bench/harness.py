@@ -158,8 +158,7 @@ class Run:
         spread = len(slow) * window
         return (
             f"timeline {path} (0 s = {began} UTC): {sum(slow.values())} requests over {over_ms:g} ms, in "
-            f"{spread:g} s of "
-            f"{self.elapsed:.1f}; most in {worst}"
+            f"{spread:g} s of {self.elapsed:.1f}; most in {worst}"
         )
 
     @property

@@ -629,6 +629,8 @@ def expire_due(gw: Gateway, batch: int = 500) -> int:
             # Bundles' rows before their consignments' (bundles.lock); rows another transaction holds
             # (a kiosk deciding on the truck, another worker) are left for the next round.
             seen = conn.execute(select(_C.c.ccrn, _C.c.bundle_id).where(*due).limit(batch)).all()
+            if not seen:
+                return done
             held = bundles.lock_free(conn, sorted({r.bundle_id for r in seen if r.bundle_id is not None}))
             rows = conn.execute(
                 select(_C)

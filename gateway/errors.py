@@ -124,7 +124,8 @@ class RateLimited(RetryLater):
 
 
 class Unavailable(RetryLater):
-    """UNAVAILABLE: the database failed the request; nothing was accepted."""
+    """UNAVAILABLE: the request could not be carried out now (the database away or busy, a collision, a
+    read that failed); nothing was accepted."""
 
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__("UNAVAILABLE", message, retry_after)
